@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Couplings :math:`g(z, z')` for the contrastive prior :math:`p(z' \mid z) \propto F(z') e^{g(z, z')}`.
+
+Every coupling is an :class:`torch.nn.Module` with
+
+* ``forward(z, z2)``: :math:`g(z, z')` elementwise over broadcast leading dimensions;
+* :meth:`Coupling.pairwise`: the table :math:`g(z_b, a_m)` against M atoms, shape ``(..., M)``;
+* :meth:`Coupling.expected_pairwise`: :math:`\log \mathbb E_{z' \sim f_m}[e^{g(z, z')}]` for each
+  factor :math:`f_m`, which is the per-component normaliser of the contrastive prior. It is exact
+  for deterministic (point-mass) factors and, where a closed form exists (RBF and bilinear
+  couplings), for Gaussian factors; otherwise the factor is replaced by its mean.
+
+Their parameters are registered with Pyro's parameter store under ``name`` when used.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import check_positive
+from .factors import Factor, GaussianFactor
+from .pairwise import quadratic_pairwise
+
+__all__ = [
+    "Coupling",
+    "BilinearCoupling",
+    "RBFCoupling",
+    "AnisotropicRBFCoupling",
+    "CosineCoupling",
+    "LaplaceCoupling",
+]
+
+_COUNTER = itertools.count()
+
+
+def _positive_param(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> nn.Parameter:
+    check_positive(value, name)
+    return nn.Parameter(torch.log(torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()))
+
+
+class Coupling(nn.Module):
+    """Base class of couplings :math:`g(z, z')`.
+
+    :param str name: parameter-store name (default: class name and a counter).
+    """
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name if name is not None else f"{type(self).__name__.lower()}_{next(_COUNTER)}"
+
+    def _register(self) -> None:
+        if any(True for _ in self.parameters()):
+            pyro.module(self.name, self)
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        """Table :math:`g(z_b, a_m)` of shape ``z.shape[:-1] + (M,)`` for atoms of shape ``(M, D)``."""
+        self._register()
+        return self.forward(z.unsqueeze(-2), atoms)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        r""":math:`\log \mathbb E_{f_m}[\exp g(z, z')]` for every factor; defaults to :math:`g(z, \mathbb E f_m)`."""
+        return self.pairwise(z, factors.mean)
+
+
+class BilinearCoupling(Coupling):
+    r"""InfoNCE's bilinear critic :math:`g(z, z') = z^\top W z'`.
+
+    For a Gaussian factor the expectation is exact:
+    :math:`\log \mathbb E[e^{u^\top z'}] = u^\top \mu + \tfrac12 \sum_d u_d^2 s_d^2`, with :math:`u = W^\top z`.
+
+    :param int dim: dimension of z.
+    :param int dim2: dimension of z' (default ``dim``).
+    :param bool learn: learn W (initialised at the identity) or keep it fixed.
+    """
+
+    def __init__(self, dim: int, dim2: int | None = None, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim2 = dim if dim2 is None else dim2
+        weight = torch.eye(dim, dim2)
+        if learn:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight)
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return ((z @ self.weight.to(z.dtype)) * z2).sum(-1)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return (z @ self.weight.to(z.dtype)) @ atoms.transpose(-1, -2)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+            return self.pairwise(z, factors.mean)
+        self._register()
+        u = z @ self.weight.to(z.dtype)
+        return u @ factors.loc.transpose(-1, -2) + 0.5 * (u * u) @ factors.variance.transpose(-1, -2)
+
+
+class AnisotropicRBFCoupling(Coupling):
+    r"""Gaussian RBF coupling with a lengthscale per dimension (AnInfoNCE),
+    :math:`g(z, z') = -\sum_d (z_d - z'_d)^2 / (2\ell_d^2)`.
+
+    For a Gaussian factor, :math:`\log \mathbb E[e^{g}] = \sum_d \big[\tfrac12 \log\frac{\ell_d^2}{\ell_d^2 + s_d^2}
+    - \frac{(z_d - \mu_d)^2}{2(\ell_d^2 + s_d^2)}\big]`, exact.
+
+    :param int dim: latent dimension.
+    :param lengthscale: initial lengthscale(s), positive.
+    :param bool learn: learn the lengthscales.
+    """
+
+    def __init__(
+        self, dim: int, lengthscale: float | torch.Tensor = 1.0, *, learn: bool = True, name: str | None = None
+    ) -> None:
+        super().__init__(name=name)
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        param = _positive_param(lengthscale, self._shape(dim), "lengthscale")
+        if learn:
+            self.log_lengthscale = param
+        else:
+            self.register_buffer("log_lengthscale", param.detach())
+
+    def _shape(self, dim: int) -> tuple[int, ...]:
+        return (dim,)
+
+    @property
+    def lengthscale(self) -> torch.Tensor:
+        return self.log_lengthscale.exp()
+
+    @property
+    def precision(self) -> torch.Tensor:
+        r"""Per-dimension precision :math:`\ell_d^{-2}` of the implied Gaussian :math:`p(z' \mid z)`."""
+        return (-2 * self.log_lengthscale).exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        diff = z - z2
+        return -0.5 * (diff * diff * self.precision.to(z.dtype)).sum(-1)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        precision = self.precision.to(z.dtype).expand(z.shape[-1])
+        return quadratic_pairwise(z, atoms, precision)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+            return self.pairwise(z, factors.mean)
+        self._register()
+        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(z.shape[-1])
+        total = ell2 + factors.variance  # (M, D)
+        log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
+        return quadratic_pairwise(z, factors.loc, total.reciprocal()) + log_shrink
+
+
+class RBFCoupling(AnisotropicRBFCoupling):
+    r"""Gaussian RBF coupling with one learned lengthscale (Aitchison & Ganev, Eq. 27),
+    :math:`g(z, z') = -\lVert z - z' \rVert^2 / (2\ell^2)`.
+
+    With a uniform :math:`F` this is the prior :math:`z' \mid z \sim \mathcal N(z, \ell^2 I)`.
+
+    :param float lengthscale: initial lengthscale.
+    :param bool learn: learn the lengthscale.
+    """
+
+    def __init__(self, lengthscale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(1, lengthscale, learn=learn, name=name)
+
+    def _shape(self, dim: int) -> tuple[int, ...]:
+        return ()
+
+
+class CosineCoupling(Coupling):
+    r"""SimCLR's cosine critic :math:`g(z, z') = \cos(z, z') / \tau`.
+
+    For stochastic factors the expectation has no closed form; the factor mean is used.
+
+    :param float temperature: :math:`\tau > 0`.
+    :param bool learn: learn the temperature.
+    """
+
+    def __init__(self, temperature: float = 0.1, *, learn: bool = False, name: str | None = None) -> None:
+        super().__init__(name=name)
+        param = _positive_param(temperature, (), "temperature")
+        if learn:
+            self.log_temperature = param
+        else:
+            self.register_buffer("log_temperature", param.detach())
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return F.cosine_similarity(z, z2, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        zn = F.normalize(z, dim=-1, eps=1e-8)
+        an = F.normalize(atoms, dim=-1, eps=1e-8)
+        return zn @ an.transpose(-1, -2) / self.temperature.to(z.dtype)
+
+
+class LaplaceCoupling(Coupling):
+    r"""L1 coupling :math:`g(z, z') = -\lVert z - z' \rVert_1 / b` (Laplace positive pairs).
+
+    The pairwise table needs the elementwise differences; it is computed in chunks of support
+    points so memory stays bounded.
+
+    :param float scale: :math:`b > 0`.
+    :param bool learn: learn the scale.
+    """
+
+    def __init__(self, scale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(name=name)
+        param = _positive_param(scale, (), "scale")
+        if learn:
+            self.log_scale = param
+        else:
+            self.register_buffer("log_scale", param.detach())
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return -(z - z2).abs().sum(-1) / self.scale.to(z.dtype)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, z.shape[-1])
+        chunk = max(1, (1 << 22) // max(1, flat.shape[0] * z.shape[-1]))
+        pieces = [torch.cdist(flat, atoms[i : i + chunk], p=1) for i in range(0, atoms.shape[0], chunk)]
+        return (-torch.cat(pieces, -1) / self.scale.to(z.dtype)).reshape(*lead, atoms.shape[0])
+
+

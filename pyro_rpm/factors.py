@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Recognition factor distributions :math:`f(z \mid x_m)` over a support set of M points.
+
+A recognition network returns one of these, with ``batch_shape == (M,)``. Beyond the usual
+:class:`~pyro.distributions.TorchDistribution` interface each factor offers
+
+* :meth:`pairwise_log_prob`: the table :math:`\log f(z_b \mid x_m)` for any latents ``z`` of
+  shape ``(..., *event_shape)`` against all M support points, shape ``(..., M)``;
+* :meth:`index`: the factors of a subset of support points, e.g. those of an observed minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch.distributions.utils import broadcast_all
+
+from ._validation import check_positive
+from .pairwise import gaussian_pairwise_log_prob
+
+__all__ = ["Factor", "GaussianFactor", "DeltaFactor", "CategoricalFactor", "gaussian_log_partition"]
+
+
+def gaussian_log_partition(eta1: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    r"""Log-partition :math:`A(\eta_1, \lambda) = \eta_1^2 / (2\lambda) - \tfrac12\log\lambda + \tfrac12\log 2\pi`.
+
+    For a one-dimensional density :math:`\exp(\eta_1 z - \lambda z^2/2 - A)`, elementwise.
+    """
+    return 0.5 * eta1 * eta1 / precision - 0.5 * precision.log() + 0.5 * math.log(2 * math.pi)
+
+
+class Factor(TorchDistribution):
+    """Marker base class of recognition factors (see the module docstring)."""
+
+    #: True when :meth:`rsample` returns the factor's location exactly (a deterministic encoder).
+    is_point_mass: bool = False
+
+    def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def index(self, idx: torch.Tensor) -> "Factor":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_support(self) -> int:
+        """Number of support points M (the leftmost batch dimension)."""
+        return self.batch_shape[0]
+
+
+class GaussianFactor(Factor):
+    r"""Diagonal Gaussian factor :math:`f(z \mid x_m) = \mathcal N(z; \mu_m, \operatorname{diag} s_m^2)`.
+
+    :param torch.Tensor loc: means, shape ``batch_shape + (D,)``.
+    :param torch.Tensor scale: standard deviations, broadcastable to ``loc``.
+    """
+
+    arg_constraints = {"loc": constraints.real_vector, "scale": constraints.independent(constraints.positive, 1)}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, *, validate_args: bool | None = None) -> None:
+        if loc.dim() < 1:
+            raise ValueError(f"loc must have at least one dimension (the latent dimension), got shape {tuple(loc.shape)}")
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.scale = self.scale.expand(batch_shape + self.event_shape)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k in self._extra_state})
+        super(GaussianFactor, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    _extra_state: tuple[str, ...] = ()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scale.pow(2)
+
+    @property
+    def precision(self) -> torch.Tensor:
+        r""":math:`\lambda = s^{-2}`."""
+        return self.scale.pow(-2)
+
+    @property
+    def natural_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Natural parameters :math:`(\eta_1, \lambda) = (\mu / s^2, 1 / s^2)` per dimension."""
+        precision = self.precision
+        return self.loc * precision, precision
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * eps
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        var = self.scale.pow(2)
+        log_density = -((value - self.loc) ** 2) / (2 * var) - self.scale.log() - 0.5 * math.log(2 * math.pi)
+        return log_density.sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + 0.5 * math.log(2 * math.pi) + self.scale.log()).sum(-1)
+
+    def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Table of :math:`\\log f(z \\mid x_m)`, shape ``z.shape[:-1] + (M,)``."""
+        return gaussian_pairwise_log_prob(z, self.loc, self.scale)
+
+    def index(self, idx: torch.Tensor) -> "GaussianFactor":
+        """Factors of the support points ``idx`` (indexing the leftmost batch dimension)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k in self._extra_state})
+        GaussianFactor.__init__(new, self.loc[idx], self.scale[idx], validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @classmethod
+    def from_natural(cls, eta1: torch.Tensor, precision: torch.Tensor) -> "GaussianFactor":
+        r"""Build a factor from natural parameters :math:`(\eta_1, \lambda)`."""
+        return GaussianFactor(eta1 / precision, precision.rsqrt())
+
+
+class DeltaFactor(GaussianFactor):
+    r"""A deterministic encoder :math:`\delta(z - e(x_m))`, smoothed by a fixed :math:`\varepsilon`-Gaussian.
+
+    Following Aitchison & Ganev (Appendix B), densities and KL divergences are those of
+    :math:`\mathcal N(z; e(x_m), \varepsilon^2 I)`, so every term of the ELBO exists. By default
+    :meth:`rsample` returns :math:`e(x_m)` itself (the limit :math:`\varepsilon \to 0` of the tied
+    posterior, as in the InfoNCE setting); with ``sample_noise=True`` it draws from the smoothed
+    Gaussian instead.
+
+    :param torch.Tensor loc: encoder outputs :math:`e(x_m)`, shape ``batch_shape + (D,)``.
+    :param float eps: smoothing standard deviation :math:`\varepsilon > 0`.
+    :param bool sample_noise: draw from the :math:`\varepsilon`-Gaussian instead of returning ``loc``.
+    """
+
+    _extra_state = ("eps", "sample_noise", "is_point_mass")
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        eps: float = 1e-3,
+        *,
+        sample_noise: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        if isinstance(eps, torch.Tensor):
+            eps = float(eps)
+        if not isinstance(eps, (int, float)):
+            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+        check_positive(eps, "eps")
+        self.eps = float(eps)
+        self.sample_noise = bool(sample_noise)
+        self.is_point_mass = not self.sample_noise
+        super().__init__(loc, torch.full_like(loc, self.eps), validate_args=validate_args)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if self.sample_noise:
+            return super().rsample(sample_shape)
+        return self.loc.expand(self._extended_shape(sample_shape))
+
+
+class CategoricalFactor(Factor, dist.Categorical):
+    r"""Discrete factor :math:`f(k \mid x_m)` over K states.
+
+    :param torch.Tensor logits: unnormalised log-probabilities, shape ``batch_shape + (K,)``.
+    """
+
+    def __init__(self, logits: torch.Tensor, *, validate_args: bool | None = None) -> None:
+        dist.Categorical.__init__(self, logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(CategoricalFactor, _instance)
+        return dist.Categorical.expand(self, batch_shape, _instance=new)
+
+    @property
+    def num_states(self) -> int:
+        """Number of discrete states K."""
+        return self._num_events
+
+    def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Table of :math:`\\log f(k \\mid x_m)` for integer states ``z``, shape ``z.shape + (M,)``."""
+        return self.logits.transpose(0, 1)[z.long()]
+
+    def index(self, idx: torch.Tensor) -> "CategoricalFactor":
+        """Factors of the support points ``idx``."""
+        return CategoricalFactor(self.logits[idx], validate_args=False)

@@ -1,0 +1,306 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Guides tied to the recognition factors.
+
+:class:`RecognitionGuide` traces the model, finds every latent site that is observed through
+:class:`~pyro_rpm.RecognitionLikelihood` sites, and sets its approximate posterior from the
+factors :math:`f_j(z \mid x_{jn})` of the observed data:
+
+* one view: :math:`q(z \mid x_n) = f(z \mid x_n)` (Aitchison & Ganev);
+* several views, Gaussian factors and a diagonal Gaussian prior: the closed form
+  :math:`q \propto p \prod_j f_j / p` (Walker et al.), i.e. natural parameters
+  :math:`\eta_q = \eta_p + \sum_j (\eta_j - \eta_p)`;
+* several views otherwise: the normalised product :math:`q \propto \prod_j f_j`;
+* ``amortiser=``: a user network maps the factors' parameters to :math:`q`.
+
+Each guide site is a :class:`TiedPosterior`, which also knows the *residual*
+:math:`r(z) = \log q(z) - \sum_j \log f_j(z \mid x_{jn})` in closed form, so that
+:class:`~pyro_rpm.RPM_ELBO` cancels the :math:`\log f` terms exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from torch import nn
+
+from .factors import CategoricalFactor, GaussianFactor, gaussian_log_partition
+from .likelihood import RecognitionLikelihood
+
+__all__ = ["RecognitionGuide", "TiedPosterior"]
+
+
+class TiedPosterior(TorchDistribution):
+    r"""An approximate posterior tied to recognition factors.
+
+    Behaves as ``base`` (sampling, ``log_prob``), and adds :meth:`residual`.
+
+    :param base: the distribution of q (e.g. a :class:`~pyro_rpm.factors.GaussianFactor`).
+    :param tuple likelihood_sites: names of the model's likelihood sites whose factors q contains.
+    :param residual: callable :math:`z \mapsto \log q(z) - \sum_j \log f_j(z \mid x_{jn})`, or
+        ``None`` when q is a single factor (the residual is exactly 0).
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(
+        self,
+        base: TorchDistribution,
+        likelihood_sites: tuple[str, ...],
+        residual: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.base = base
+        self.likelihood_sites = tuple(likelihood_sites)
+        self._residual = residual
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return self.base.has_enumerate_support
+
+    @property
+    def support(self):
+        return self.base.support
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base.variance
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(TiedPosterior, _instance)
+        TiedPosterior.__init__(new, self.base.expand(batch_shape), self.likelihood_sites, self._residual)
+        return new
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.sample(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value)
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return self.base.enumerate_support(expand)
+
+    def residual(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log q(z) - \sum_j \log f_j(z \mid x_{jn})`, in closed form where possible."""
+        shape = value.shape[: value.dim() - len(self.event_shape)]
+        if self._residual is None:
+            return value.new_zeros(shape) if value.is_floating_point() else torch.zeros(shape, device=value.device)
+        return self._residual(value).expand(shape)
+
+
+class _DiscoveryMessenger(Messenger):
+    """Runs the model privately: latent sites get placeholder values, nothing leaks outwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: OrderedDict[str, dict] = OrderedDict()
+        self.subsamples: dict[str, torch.Tensor] = {}
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample":
+            return
+        fn = msg["fn"]
+        if isinstance(fn, _Subsample):
+            if msg["value"] is None:
+                msg["value"] = fn.sample()
+            self.subsamples[msg["name"]] = msg["value"]
+        elif not msg["is_observed"] and msg["value"] is None:
+            with torch.no_grad():
+                msg["value"] = fn.placeholder() if hasattr(fn, "placeholder") else fn.sample()
+        msg["stop"] = True
+        msg["done"] = True
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] == "sample" and not isinstance(msg["fn"], _Subsample):
+            self.sites[msg["name"]] = dict(msg)
+
+
+def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return (loc, scale) if ``fn`` is a diagonal Normal over a vector, else None."""
+    while isinstance(fn, dist.ExpandedDistribution):
+        fn = fn.base_dist
+    if isinstance(fn, (dist.Independent, torch.distributions.Independent)) and fn.reinterpreted_batch_ndims == 1:
+        base = fn.base_dist
+        while isinstance(base, dist.ExpandedDistribution):
+            base = base.base_dist
+        if isinstance(base, (dist.Normal, torch.distributions.Normal)):
+            return base.loc, base.scale
+    if isinstance(fn, GaussianFactor):
+        return fn.loc, fn.scale
+    return None
+
+
+class RecognitionGuide(nn.Module):
+    r"""A guide built from the model's recognition factors (see the module docstring).
+
+    :param callable model: the model; it is traced on every call to read the current factors.
+    :param str combine: how several views of one latent combine: ``"auto"`` (Walker et al.'s
+        :math:`p \prod_j f_j/p` when the prior is a diagonal Normal and the factors are Gaussian,
+        else the product), ``"prior_product"`` or ``"product"``.
+    :param torch.nn.Module amortiser: optional network mapping the concatenated factor
+        parameters ``(..., J * 2D)`` (means and log-scales) to ``(..., 2D)`` (mean and
+        pre-softplus scale of q).
+    :param str name: parameter-store prefix of the amortiser.
+
+    Example::
+
+        >>> guide = RecognitionGuide(model)          # doctest: +SKIP
+        >>> svi = SVI(model, guide, Adam({"lr": 1e-3}), RPM_ELBO())   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        combine: str = "auto",
+        amortiser: nn.Module | None = None,
+        name: str = "recognition_guide",
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if combine not in ("auto", "prior_product", "product"):
+            raise ValueError(f"combine must be 'auto', 'prior_product' or 'product', got {combine!r}")
+        if amortiser is not None and not isinstance(amortiser, nn.Module):
+            raise TypeError(f"amortiser must be a torch.nn.Module, got {type(amortiser).__name__}")
+        self.model = model
+        self.combine = combine
+        self.amortiser = amortiser
+        self.name = name
+
+    # ------------------------------------------------------------------ discovery
+    def _discover(self, args: tuple, kwargs: dict) -> tuple[_DiscoveryMessenger, dict[str, list[str]]]:
+        with _DiscoveryMessenger() as discovery:
+            self.model(*args, **kwargs)
+        by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
+        links: dict[str, list[str]] = OrderedDict(
+            (name, []) for name, site in discovery.sites.items() if not site["is_observed"]
+        )
+        for name, site in discovery.sites.items():
+            if isinstance(site["fn"], RecognitionLikelihood):
+                latent = by_value.get(id(site["fn"].latent_source))
+                if latent is None:
+                    raise ValueError(
+                        f"likelihood site '{name}' observes a latent that is not the value of any sample site "
+                        "of the model (was it transformed?); RecognitionGuide cannot tie it. Pass the sampled "
+                        "latent itself to RecognitionLikelihood."
+                    )
+                links[latent].append(name)
+        untied = [name for name, lik in links.items() if not lik]
+        if untied:
+            raise ValueError(
+                f"latent site(s) {untied} are not observed through any RecognitionLikelihood, so "
+                "RecognitionGuide cannot tie them; observe them with pyro_rpm.observe(...) or give them "
+                "another guide"
+            )
+        return discovery, links
+
+    # ------------------------------------------------------------------ posteriors
+    def _posterior(self, latent: str, sites: dict[str, dict], lik_names: list[str]) -> TiedPosterior:
+        factors = [sites[n]["fn"].factors.index(sites[n]["value"].long()) for n in lik_names]
+        if self.amortiser is not None:
+            return self._amortised(factors, lik_names)
+        if len(factors) == 1:
+            return TiedPosterior(factors[0], tuple(lik_names))
+        if all(isinstance(f, CategoricalFactor) for f in factors):
+            logits = sum(f.logits for f in factors)
+            log_z = torch.logsumexp(logits, -1)
+            base = CategoricalFactor(logits - log_z.unsqueeze(-1))
+            return TiedPosterior(base, tuple(lik_names), lambda value: -log_z)
+        if not all(isinstance(f, GaussianFactor) for f in factors):
+            raise ValueError(f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]}")
+        prior = _diag_normal(sites[latent]["fn"]) if self.combine != "product" else None
+        if prior is None and self.combine == "prior_product":
+            raise ValueError(f"latent '{latent}': combine='prior_product' needs a diagonal Normal prior")
+        return self._gaussian_product(latent, factors, prior, tuple(lik_names))
+
+    def _gaussian_product(self, latent, factors, prior, lik_names) -> TiedPosterior:
+        J = len(factors)
+        eta1 = sum(f.natural_params[0] for f in factors)
+        precision = sum(f.natural_params[1] for f in factors)
+        log_parts = sum(gaussian_log_partition(*f.natural_params) for f in factors)
+        prior_dist = None
+        if prior is not None:
+            p_loc, p_scale = prior
+            p_prec = p_scale.pow(-2)
+            eta1 = eta1 - (J - 1) * p_loc * p_prec
+            precision = precision - (J - 1) * p_prec
+            log_parts = log_parts - (J - 1) * gaussian_log_partition(p_loc * p_prec, p_prec)
+            prior_dist = dist.Normal(p_loc, p_scale)
+        if not bool((precision > 0).all()):
+            raise ValueError(
+                f"latent '{latent}': the combined posterior precision sum_j lambda_j - (J-1) lambda_prior is not "
+                "positive; use GaussianRecognition(prior_scale=...) so factors are 'prior + network', or "
+                "RecognitionGuide(combine='product')"
+            )
+        log_z = (gaussian_log_partition(eta1, precision) - log_parts).sum(-1)
+        base = GaussianFactor.from_natural(eta1, precision)
+
+        def residual(value: torch.Tensor) -> torch.Tensor:
+            r = -log_z
+            if prior_dist is not None:
+                r = r + (1 - J) * prior_dist.log_prob(value).sum(-1)
+            return r
+
+        return TiedPosterior(base, lik_names, residual)
+
+    def _amortised(self, factors, lik_names) -> TiedPosterior:
+        if not all(isinstance(f, GaussianFactor) for f in factors):
+            raise ValueError("amortiser= needs Gaussian recognition factors")
+        pyro.module(f"{self.name}.amortiser", self.amortiser)
+        features = torch.cat([torch.cat([f.loc, f.scale.log()], -1) for f in factors], -1)
+        out = self.amortiser(features)
+        D = factors[0].event_shape[0]
+        if out.shape[-1] != 2 * D:
+            raise ValueError(f"amortiser must output 2 * latent_dim = {2 * D} features, got {out.shape[-1]}")
+        base = GaussianFactor(out[..., :D], F.softplus(out[..., D:]) + 1e-3)
+
+        def residual(value: torch.Tensor) -> torch.Tensor:
+            return base.log_prob(value) - sum(f.log_prob(value) for f in factors)
+
+        return TiedPosterior(base, lik_names, residual)
+
+    # ------------------------------------------------------------------ the guide
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        discovery, links = self._discover(args, kwargs)
+        values: dict[str, torch.Tensor] = {}
+        plates: dict[str, pyro.plate] = {}
+        for latent, lik_names in links.items():
+            site = discovery.sites[latent]
+            posterior = self._posterior(latent, discovery.sites, lik_names)
+            with contextlib.ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.name not in discovery.subsamples:
+                        continue  # a plate opened outside the model (e.g. vectorised particles)
+                    if frame.name not in plates:
+                        plates[frame.name] = pyro.plate(
+                            frame.name,
+                            frame.full_size if frame.full_size is not None else frame.size,
+                            subsample=discovery.subsamples[frame.name],
+                            dim=frame.dim,
+                        )
+                    stack.enter_context(plates[frame.name])
+                values[latent] = pyro.sample(latent, posterior, infer=dict(site["infer"]))
+        return values

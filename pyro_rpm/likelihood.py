@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""The recognition-parameterised likelihood :math:`p(x_j \mid z)`.
+
+With the empirical marginal :math:`p_0(x_j) = \frac1M \sum_m \delta(x_j - x_j^{(m)})` over a
+support set of M points and the recognition marginal :math:`F_j(z) = \frac1M\sum_m f_j(z\mid x_j^{(m)})`,
+
+.. math::
+
+    p(x_j = x_j^{(n)} \mid z) = \frac{p_0(x_j^{(n)})\, f_j(z \mid x_j^{(n)})}{F_j(z)}
+    = \operatorname{softmax}_n\big[\log f_j(z \mid x_j^{(m)})\big]_{m=1..M},
+
+a categorical distribution over the indices of the support set. :class:`RecognitionLikelihood`
+observes the index n of each datum. Two choices of support set:
+
+* **in-batch** (the current minibatch of B points, InfoNCE-style): cheap; the normaliser is a
+  biased estimate of the full-data one, and the constant relating the ELBO to InfoNCE is
+  :math:`\log B`;
+* **whole data set** (all N points, observed indices into it): exact; the constant is :math:`\log N`.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.distributions.util import broadcast_shape
+from torch.distributions.utils import lazy_property
+
+from ._validation import check_finite, check_same_device_and_dtype, check_tensor
+from .factors import Factor
+
+__all__ = ["RecognitionLikelihood", "observe"]
+
+
+class RecognitionLikelihood(TorchDistribution):
+    r"""Categorical likelihood over support points with logits :math:`\log f(z \mid x_m)`.
+
+    :param Factor factors: recognition factors over the support set (``batch_shape == (M,)``),
+        e.g. ``recognition(x_support)``.
+    :param torch.Tensor latent: the latent :math:`z`, shape ``batch_shape + factors.event_shape``;
+        any leading particle/plate dimensions broadcast.
+
+    ``log_prob(n) = log f(z | x_n) - logsumexp_m log f(z | x_m)``, exactly
+    ``Categorical(logits=log f(z | x_.)).log_prob(n)``; ``sample()`` draws support indices (the
+    "matching up" of the paper).
+
+    Example::
+
+        >>> f = GaussianFactor(torch.randn(5, 2), torch.ones(5, 2))
+        >>> lik = RecognitionLikelihood(f, torch.randn(3, 2))
+        >>> lik.log_prob(torch.tensor([0, 1, 2])).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict = {}
+    has_enumerate_support = True
+
+    def __init__(self, factors: Factor, latent: torch.Tensor, *, validate_args: bool | None = None) -> None:
+        if not isinstance(factors, Factor):
+            raise TypeError(
+                f"factors must be a pyro_rpm Factor (the output of a recognition module), got {type(factors).__name__}"
+            )
+        check_tensor(latent, "latent")
+        if len(factors.batch_shape) != 1:
+            raise ValueError(
+                f"factors must have batch_shape (M,) over the support set, got {tuple(factors.batch_shape)}"
+            )
+        num_support = factors.batch_shape[0]
+        if num_support < 2:
+            raise ValueError(f"the support set must have at least 2 points, got {num_support}")
+        event_dim = len(factors.event_shape)
+        if latent.dim() < event_dim or latent.shape[latent.dim() - event_dim :] != factors.event_shape:
+            raise ValueError(
+                f"latent must end with the factors' event shape {tuple(factors.event_shape)}, "
+                f"got shape {tuple(latent.shape)}"
+            )
+        reference = factors.loc if hasattr(factors, "loc") else factors.logits
+        check_same_device_and_dtype(latent, "latent", reference, "factors")
+        if latent.is_floating_point():
+            check_finite(latent, "latent")
+        self.factors = factors
+        self.latent = latent
+        #: the tensor passed as ``latent`` (kept through ``expand``, to identify the latent site).
+        self.latent_source = latent
+        self.num_support = num_support
+        batch_shape = latent.shape[: latent.dim() - event_dim]
+        super().__init__(batch_shape, torch.Size(), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.num_support - 1)
+
+    @lazy_property
+    def logits(self) -> torch.Tensor:
+        r"""Table :math:`\log f(z \mid x_m)`, shape ``batch_shape + (M,)``."""
+        return self.factors.pairwise_log_prob(self.latent)
+
+    @lazy_property
+    def log_normaliser(self) -> torch.Tensor:
+        r""":math:`\log \sum_m f(z \mid x_m) = \log F(z) + \log M`, shape ``batch_shape``."""
+        return torch.logsumexp(self.logits, dim=-1)
+
+    def _as_index(self, value: torch.Tensor) -> torch.Tensor:
+        value = torch.as_tensor(value, device=self.latent.device)
+        if value.is_floating_point():
+            if not bool((value == value.round()).all()):
+                raise ValueError("RecognitionLikelihood values must be integer support indices")
+        return value.long()
+
+    def diagonal(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log f(z \mid x_n)` at the observed indices n, shape ``broadcast(value, batch_shape)``."""
+        value = self._as_index(value)
+        shape = broadcast_shape(tuple(value.shape), tuple(self.batch_shape))
+        logits = self.logits.expand(shape + (self.num_support,))
+        return logits.gather(-1, value.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.diagonal(value) - self.log_normaliser
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.distributions.Categorical(logits=self.logits).sample(sample_shape)
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        values = torch.arange(self.num_support, device=self.latent.device)
+        values = values.reshape((-1,) + (1,) * len(self.batch_shape))
+        if expand:
+            values = values.expand((-1,) + self.batch_shape)
+        return values
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(RecognitionLikelihood, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.factors = self.factors
+        new.num_support = self.num_support
+        new.latent_source = self.latent_source
+        target = batch_shape + self.factors.event_shape
+        new.latent = self.latent if self.latent.shape == target else self.latent.expand(target)
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(batch_shape + (self.num_support,))
+        super(RecognitionLikelihood, new).__init__(batch_shape, torch.Size(), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+def observe(name: str, factors: Factor, latent: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Observe data through a :class:`RecognitionLikelihood` site.
+
+    ``observe("x1", f1(x1), z)`` is ``pyro.sample("x1", RecognitionLikelihood(f1(x1), z), obs=index)``
+    with ``index`` defaulting to ``arange(M)``: the in-batch support, in which the b-th latent
+    belongs to the b-th support point. For a whole-data-set support pass the minibatch's indices
+    into it.
+
+    :param str name: site name.
+    :param Factor factors: recognition factors over the support set.
+    :param torch.Tensor latent: latents of the observed batch.
+    :param torch.Tensor index: support index of each latent (default ``arange(M)``).
+    :returns: the observed indices.
+    """
+    likelihood = RecognitionLikelihood(factors, latent)
+    if index is None:
+        batch = likelihood.batch_shape
+        if len(batch) == 0 or batch[-1] != likelihood.num_support:
+            raise ValueError(
+                f"observe('{name}'): the observed batch has shape {tuple(batch)} but the support set has "
+                f"{likelihood.num_support} points; pass index= (the batch's positions in the support set) "
+                "for a support other than the batch itself"
+            )
+        index = torch.arange(likelihood.num_support, device=latent.device)
+    else:
+        index = torch.as_tensor(index, device=latent.device)
+        if index.is_floating_point():
+            raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= likelihood.num_support):
+            raise ValueError(
+                f"index must lie in [0, {likelihood.num_support}) (the support set), got range "
+                f"[{int(index.min())}, {int(index.max())}]"
+            )
+        if index.shape[-1:] != likelihood.batch_shape[-1:]:
+            raise ValueError(
+                f"index has length {index.shape[-1] if index.dim() else 0} but the observed batch has "
+                f"length {likelihood.batch_shape[-1] if len(likelihood.batch_shape) else 0}"
+            )
+    return pyro.sample(name, likelihood, obs=index)
