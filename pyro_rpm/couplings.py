@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 
-import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +24,7 @@ from torch import nn
 from ._validation import check_positive
 from .factors import Factor, GaussianFactor
 from .pairwise import quadratic_pairwise
+from .recognition import register_module
 
 __all__ = [
     "Coupling",
@@ -55,7 +55,7 @@ class Coupling(nn.Module):
 
     def _register(self) -> None:
         if any(True for _ in self.parameters()):
-            pyro.module(self.name, self)
+            register_module(self.name, self)
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -43,6 +43,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
+from ._guide_plan import PlanMismatch, planning
 from .estimators import ESTIMATORS, interior_bound
 from .factors import GaussianFactor
 from .guides import TiedPosterior, _diag_normal
@@ -104,7 +105,14 @@ class RPM_ELBO(Trace_ELBO):
 
     # ------------------------------------------------------------------ traces
     def _get_trace(self, model, guide, args, kwargs):
-        with recognition_cache():
+        try:
+            return self._get_trace_once(model, guide, args, kwargs)
+        except PlanMismatch as mismatch:
+            mismatch.args[0].disable_plan()
+            return self._get_trace_once(model, guide, args, kwargs)
+
+    def _get_trace_once(self, model, guide, args, kwargs):
+        with recognition_cache(), planning():
             guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
                 *args, **kwargs
@@ -128,6 +136,7 @@ class RPM_ELBO(Trace_ELBO):
         tied_by_likelihood: dict[str, str] = {}
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and isinstance(site["fn"], TiedPosterior):
+                self._verify_plan(site["fn"], model_trace)
                 if self._can_cancel(name, site, model_trace):
                     tied[name] = site
                     for lik in site["fn"].likelihood_sites:
@@ -135,7 +144,7 @@ class RPM_ELBO(Trace_ELBO):
 
         # Priors whose log F(z) cancels against a likelihood site of the same latent.
         prior_cancels: set[str] = set()
-        for name, site in model_trace.nodes.items():
+        for site in model_trace.nodes.values():
             if site["type"] != "sample" or site["is_observed"] or not isinstance(site["fn"], EmpiricalMarginalPrior):
                 continue
             for lik_name, lik in model_trace.nodes.items():
@@ -193,6 +202,26 @@ class RPM_ELBO(Trace_ELBO):
         site["unscaled_log_prob"] = log_p
         site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
         site["log_prob_sum"] = site["log_prob"].sum()
+
+    @staticmethod
+    def _verify_plan(posterior: TiedPosterior, model_trace) -> None:
+        """Check that a planned posterior used the model's own factors and in-batch indices."""
+        if posterior.planned is None:
+            return
+        guide, factors = posterior.planned
+        for lik, planned in factors.items():
+            site = model_trace.nodes.get(lik)
+            fn = None if site is None else site["fn"]
+            value = None if site is None else site["value"]
+            if (
+                not isinstance(fn, RecognitionLikelihood)
+                or fn.factors is not planned
+                or not isinstance(value, torch.Tensor)
+                or value.shape != (fn.num_support,)
+                or value.is_floating_point()
+                or not torch.equal(value, torch.arange(fn.num_support, device=value.device))
+            ):
+                raise PlanMismatch(guide)
 
     @staticmethod
     def _can_cancel(name: str, site: dict, model_trace) -> bool:

@@ -42,7 +42,7 @@ class Factor(TorchDistribution):
     def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def index(self, idx: torch.Tensor) -> "Factor":  # pragma: no cover - abstract
+    def index(self, idx: torch.Tensor) -> Factor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -118,7 +118,7 @@ class GaussianFactor(Factor):
         """Table of :math:`\\log f(z \\mid x_m)`, shape ``z.shape[:-1] + (M,)``."""
         return gaussian_pairwise_log_prob(z, self.loc, self.scale)
 
-    def index(self, idx: torch.Tensor) -> "GaussianFactor":
+    def index(self, idx: torch.Tensor) -> GaussianFactor:
         """Factors of the support points ``idx`` (indexing the leftmost batch dimension)."""
         new = type(self).__new__(type(self))
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k in self._extra_state})
@@ -127,7 +127,7 @@ class GaussianFactor(Factor):
         return new
 
     @classmethod
-    def from_natural(cls, eta1: torch.Tensor, precision: torch.Tensor) -> "GaussianFactor":
+    def from_natural(cls, eta1: torch.Tensor, precision: torch.Tensor) -> GaussianFactor:
         r"""Build a factor from natural parameters :math:`(\eta_1, \lambda)`."""
         return GaussianFactor(eta1 / precision, precision.rsqrt())
 
@@ -164,7 +164,7 @@ class DeltaFactor(GaussianFactor):
         self.eps = float(eps)
         self.sample_noise = bool(sample_noise)
         self.is_point_mass = not self.sample_noise
-        super().__init__(loc, torch.full_like(loc, self.eps), validate_args=validate_args)
+        super().__init__(loc, loc.new_tensor(self.eps).expand(loc.shape), validate_args=validate_args)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         if self.sample_noise:
@@ -194,6 +194,6 @@ class CategoricalFactor(Factor, dist.Categorical):
         """Table of :math:`\\log f(k \\mid x_m)` for integer states ``z``, shape ``z.shape + (M,)``."""
         return self.logits.transpose(0, 1)[z.long()]
 
-    def index(self, idx: torch.Tensor) -> "CategoricalFactor":
+    def index(self, idx: torch.Tensor) -> CategoricalFactor:
         """Factors of the support points ``idx``."""
         return CategoricalFactor(self.logits[idx], validate_args=False)

@@ -33,8 +33,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
+from ._guide_plan import locate, make_plan, planning_enabled
 from .factors import CategoricalFactor, GaussianFactor, gaussian_log_partition
 from .likelihood import RecognitionLikelihood
+from .recognition import record_recognition_calls
 
 __all__ = ["RecognitionGuide", "TiedPosterior"]
 
@@ -63,6 +65,8 @@ class TiedPosterior(TorchDistribution):
         self.base = base
         self.likelihood_sites = tuple(likelihood_sites)
         self._residual = residual
+        #: ``(guide, {likelihood site: factors})`` when built from a guide's plan (verified by RPM_ELBO).
+        self.planned: tuple | None = None
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     @property
@@ -88,6 +92,7 @@ class TiedPosterior(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TiedPosterior, _instance)
         TiedPosterior.__init__(new, self.base.expand(batch_shape), self.likelihood_sites, self._residual)
+        new.planned = self.planned
         return new
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -189,6 +194,8 @@ class RecognitionGuide(nn.Module):
         self.combine = combine
         self.amortiser = amortiser
         self.name = name
+        self._plan: list | None = None
+        self._plan_disabled = False
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, args: tuple, kwargs: dict) -> tuple[_DiscoveryMessenger, dict[str, list[str]]]:
@@ -220,6 +227,18 @@ class RecognitionGuide(nn.Module):
     # ------------------------------------------------------------------ posteriors
     def _posterior(self, latent: str, sites: dict[str, dict], lik_names: list[str]) -> TiedPosterior:
         factors = [sites[n]["fn"].factors.index(sites[n]["value"].long()) for n in lik_names]
+        return self._combine(latent, factors, sites[latent]["fn"], lik_names)
+
+    def _prior_free(self, links: dict[str, list[str]], sites: dict[str, dict]) -> bool:
+        """Whether every latent's posterior can be formed without its prior."""
+        if self.amortiser is not None or self.combine == "product":
+            return True
+        for lik_names in links.values():
+            if len(lik_names) > 1 and not all(isinstance(sites[n]["fn"].factors, CategoricalFactor) for n in lik_names):
+                return False
+        return True
+
+    def _combine(self, latent: str, factors: list, prior_fn: Any, lik_names: list[str]) -> TiedPosterior:
         if self.amortiser is not None:
             return self._amortised(factors, lik_names)
         if len(factors) == 1:
@@ -231,7 +250,7 @@ class RecognitionGuide(nn.Module):
             return TiedPosterior(base, tuple(lik_names), lambda value: -log_z)
         if not all(isinstance(f, GaussianFactor) for f in factors):
             raise ValueError(f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]}")
-        prior = _diag_normal(sites[latent]["fn"]) if self.combine != "product" else None
+        prior = _diag_normal(prior_fn) if self.combine != "product" else None
         if prior is None and self.combine == "prior_product":
             raise ValueError(f"latent '{latent}': combine='prior_product' needs a diagonal Normal prior")
         return self._gaussian_product(latent, factors, prior, tuple(lik_names))
@@ -284,7 +303,13 @@ class RecognitionGuide(nn.Module):
 
     # ------------------------------------------------------------------ the guide
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        discovery, links = self._discover(args, kwargs)
+        if self._plan is not None and planning_enabled():
+            return self._planned_forward(args, kwargs)
+        with record_recognition_calls() as calls:
+            discovery, links = self._discover(args, kwargs)
+        if not self._plan_disabled and planning_enabled():
+            prior_free = self._prior_free(links, discovery.sites)
+            self._plan = make_plan(discovery.sites, discovery.subsamples, links, calls, args, kwargs, prior_free)
         values: dict[str, torch.Tensor] = {}
         plates: dict[str, pyro.plate] = {}
         for latent, lik_names in links.items():
@@ -304,3 +329,23 @@ class RecognitionGuide(nn.Module):
                     stack.enter_context(plates[frame.name])
                 values[latent] = pyro.sample(latent, posterior, infer=dict(site["infer"]))
         return values
+
+    # ------------------------------------------------------------------ planned path
+    def _planned_forward(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        """Build the posteriors from the plan (see :mod:`pyro_rpm._guide_plan`), without a model run."""
+        values: dict[str, torch.Tensor] = {}
+        plates: dict[str, pyro.plate] = {}
+        for plan in self._plan:
+            factors = [module(locate(args, kwargs, where)) for module, where in plan.sources]
+            posterior = self._combine(plan.name, factors, None, list(plan.lik_names))
+            posterior.planned = (self, dict(zip(plan.lik_names, factors)))
+            if plan.plate_name not in plates:
+                plates[plan.plate_name] = pyro.plate(plan.plate_name, factors[0].num_support, dim=plan.plate_dim)
+            with plates[plan.plate_name]:
+                values[plan.name] = pyro.sample(plan.name, posterior, infer=dict(plan.infer))
+        return values
+
+    def disable_plan(self) -> None:
+        """Always trace the model from now on (called by RPM_ELBO when a plan does not hold)."""
+        self._plan = None
+        self._plan_disabled = True

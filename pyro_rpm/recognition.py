@@ -32,10 +32,12 @@ __all__ = [
     "DeltaRecognition",
     "CategoricalRecognition",
     "recognition_cache",
+    "register_module",
 ]
 
 _CACHE: ContextVar[dict | None] = ContextVar("pyro_rpm_recognition_cache", default=None)
 _COUNTER = itertools.count()
+_CALLS: ContextVar[dict | None] = ContextVar("pyro_rpm_recognition_calls", default=None)
 
 
 @contextlib.contextmanager
@@ -46,6 +48,33 @@ def recognition_cache() -> Iterator[dict]:
         yield _CACHE.get()
     finally:
         _CACHE.reset(token)
+
+
+@contextlib.contextmanager
+def record_recognition_calls() -> Iterator[dict]:
+    """Within this context, every factor a recognition module returns is logged as
+    ``{id(factor): (module, inputs)}`` (used by :class:`~pyro_rpm.RecognitionGuide` to plan)."""
+    token = _CALLS.set({})
+    try:
+        yield _CALLS.get()
+    finally:
+        _CALLS.reset(token)
+
+
+def register_module(name: str, module: nn.Module) -> None:
+    """``pyro.module(name, module)``, done once per :func:`recognition_cache` scope.
+
+    Pyro's :class:`~pyro.infer.SVI` collects parameters from the ``param`` messages of one step;
+    one registration per step suffices, and skipping the repeats saves a message per parameter.
+    """
+    cache = _CACHE.get()
+    if cache is None:
+        pyro.module(name, module)
+        return
+    registered = cache.setdefault("registered", set())
+    if id(module) not in registered:
+        pyro.module(name, module)
+        registered.add(id(module))
 
 
 def _inverse_softplus(value: float) -> float:
@@ -72,6 +101,20 @@ class Recognition(nn.Module):
         self.name = name if name is not None else f"{type(self).__name__.lower()}_{next(_COUNTER)}"
         self.validate = bool(validate)
 
+    def _explain_mismatch(self, x: torch.Tensor, error: RuntimeError) -> None:
+        """Turn a device/dtype clash between inputs and parameters into a clear ValueError."""
+        for pname, param in self.named_parameters():
+            if param.device != x.device:
+                raise ValueError(
+                    f"inputs to recognition '{self.name}' are on {x.device} but its parameter '{pname}' is on "
+                    f"{param.device}; move the module or the data (module.to(device))"
+                ) from error
+            if x.is_floating_point() and param.dtype != x.dtype:
+                raise ValueError(
+                    f"inputs to recognition '{self.name}' have dtype {x.dtype} but its parameter '{pname}' has "
+                    f"dtype {param.dtype}; convert one of them"
+                ) from error
+
     def _output_size(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -82,12 +125,18 @@ class Recognition(nn.Module):
         cache = _CACHE.get()
         key = (id(self), id(x), getattr(x, "_version", 0))
         if cache is not None and key in cache:
-            return cache[key][1]
+            factor = cache[key][1]
+            self._log_call(factor, x)
+            return factor
         check_tensor(x, f"inputs to recognition '{self.name}'")
         if self.validate:
             check_finite(x, f"inputs to recognition '{self.name}'")
-        pyro.module(self.name, self)
-        output = self.net(x)
+        register_module(self.name, self)
+        try:
+            output = self.net(x)
+        except RuntimeError as error:
+            self._explain_mismatch(x, error)
+            raise
         expected = self._output_size()
         if output.dim() < 1 or output.shape[-1] != expected:
             raise ValueError(
@@ -99,7 +148,13 @@ class Recognition(nn.Module):
         factor = self._factor(output)
         if cache is not None:
             cache[key] = (x, factor)
+        self._log_call(factor, x)
         return factor
+
+    def _log_call(self, factor: Factor, x: torch.Tensor) -> None:
+        calls = _CALLS.get()
+        if calls is not None:
+            calls[id(factor)] = (self, x)
 
 
 class GaussianRecognition(Recognition):
@@ -153,8 +208,7 @@ class GaussianRecognition(Recognition):
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         check_positive(init_scale, "init_scale")
-        if min_scale < 0:
-            raise ValueError(f"min_scale must be >= 0, got {min_scale}")
+        check_positive(min_scale, "min_scale")
         self.latent_dim = latent_dim
         self.shared_scale = bool(shared_scale)
         self.min_scale = float(min_scale)
@@ -181,12 +235,14 @@ class GaussianRecognition(Recognition):
         else:
             head, raw = output[..., :D], output[..., D:]
         positive = F.softplus(raw) + self.min_scale
+        # Scales are positive by construction (softplus + min_scale > 0) and outputs were checked
+        # finite, so the factor skips torch's argument validation on this hot path.
         if not self.natural:
-            return GaussianFactor(head, positive)
+            return GaussianFactor(head, positive, validate_args=False)
         prior_precision = self.prior_precision.to(output.dtype)
         precision = prior_precision + positive
         eta1 = self.prior_eta1.to(output.dtype) + head
-        return GaussianFactor(eta1 / precision, precision.rsqrt())
+        return GaussianFactor(eta1 / precision, precision.rsqrt(), validate_args=False)
 
 
 class DeltaRecognition(Recognition):
@@ -227,7 +283,7 @@ class DeltaRecognition(Recognition):
         return self.latent_dim
 
     def _factor(self, output: torch.Tensor) -> DeltaFactor:
-        return DeltaFactor(output, self.eps, sample_noise=self.sample_noise)
+        return DeltaFactor(output, self.eps, sample_noise=self.sample_noise, validate_args=False)
 
 
 class CategoricalRecognition(Recognition):
@@ -247,4 +303,4 @@ class CategoricalRecognition(Recognition):
         return self.num_states
 
     def _factor(self, output: torch.Tensor) -> CategoricalFactor:
-        return CategoricalFactor(output.log_softmax(-1))
+        return CategoricalFactor(output.log_softmax(-1), validate_args=False)
