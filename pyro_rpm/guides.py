@@ -115,6 +115,20 @@ class TiedPosterior(TorchDistribution):
         return self._residual(value).expand(shape)
 
 
+def _placeholder(fn: Any) -> torch.Tensor:
+    """A value for a latent site during the private model run.
+
+    Drawn without touching the global random streams, so that a guide call with the private run
+    and one without it (a planned call) draw the same latents under one seed.
+    """
+    with torch.no_grad():
+        if hasattr(fn, "placeholder"):
+            return fn.placeholder()
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return fn.sample()
+
+
 class _DiscoveryMessenger(Messenger):
     """Runs the model privately: latent sites get placeholder values, nothing leaks outwards."""
 
@@ -132,8 +146,7 @@ class _DiscoveryMessenger(Messenger):
                 msg["value"] = fn.sample()
             self.subsamples[msg["name"]] = msg["value"]
         elif not msg["is_observed"] and msg["value"] is None:
-            with torch.no_grad():
-                msg["value"] = fn.placeholder() if hasattr(fn, "placeholder") else fn.sample()
+            msg["value"] = _placeholder(fn)
         msg["stop"] = True
         msg["done"] = True
 
