@@ -163,7 +163,8 @@ def observe(name: str, factors: Factor, latent: torch.Tensor, index: torch.Tenso
     likelihood = RecognitionLikelihood(factors, latent)
     if index is None:
         batch = likelihood.batch_shape
-        if len(batch) == 0 or batch[-1] != likelihood.num_support:
+        # A trailing batch size of 1 broadcasts against the plate (e.g. an enumerated discrete latent).
+        if len(batch) == 0 or batch[-1] not in (1, likelihood.num_support):
             raise ValueError(
                 f"observe('{name}'): the observed batch has shape {tuple(batch)} but the support set has "
                 f"{likelihood.num_support} points; pass index= (the batch's positions in the support set) "
@@ -179,7 +180,7 @@ def observe(name: str, factors: Factor, latent: torch.Tensor, index: torch.Tenso
                 f"index must lie in [0, {likelihood.num_support}) (the support set), got range "
                 f"[{int(index.min())}, {int(index.max())}]"
             )
-        if index.shape[-1:] != likelihood.batch_shape[-1:]:
+        if index.shape[-1:] != likelihood.batch_shape[-1:] and likelihood.batch_shape[-1:] != (1,):
             raise ValueError(
                 f"index has length {index.shape[-1] if index.dim() else 0} but the observed batch has "
                 f"length {likelihood.batch_shape[-1] if len(likelihood.batch_shape) else 0}"
