@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The example and benchmark scripts run end to end and report what they claim.
+
+Each script runs as ``python <script> --quick ...`` in a subprocess (one OpenMP thread, Agg
+backend); its last stdout line must be one JSON object with the documented keys. The InfoNCE
+identity script must find ``loss / B = InfoNCE + log B`` to 1e-5 for every coupling while the
+encoders train; the benchmark must report positive finite timings and agree with the torch step
+at the initial parameters. Also covers the shared script helper :mod:`pyro_rpm._script`.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_rpm._script import emit, script_parser, setup
+
+ROOT = Path(__file__).resolve().parents[1]
+COUPLINGS = ["bilinear", "rbf", "anisotropic_rbf", "cosine", "laplace"]
+
+
+def _run(script: str, *args: str, timeout: float = 120) -> tuple[dict, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1]), proc.stdout
+
+
+def test_infonce_identity_script(tmp_path):
+    result, stdout = _run("examples/infonce_identity.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    for key in ("max_abs_diff", "max_grad_abs_diff", "max_grad_rel_diff", "batch_size", "couplings", "figures"):
+        assert key in result
+    assert result["couplings"] == COUPLINGS
+    assert result["dtype"] == "float32"
+    assert 0 <= result["max_abs_diff"] <= 1e-5
+    assert 0 <= result["max_grad_rel_diff"] <= 1e-4
+    assert result["log_batch_size"] == pytest.approx(math.log(result["batch_size"]))
+    for name in COUPLINGS:
+        summary = result["per_coupling"][name]
+        assert summary["max_abs_diff"] <= 1e-5
+        assert summary["infonce_last"] < summary["infonce_first"], f"{name}: training did not lower InfoNCE"
+        assert f"{name} coupling" in stdout  # one table per coupling
+    assert result["figures"] == [str(tmp_path / "identity.png")]
+    assert (tmp_path / "identity.png").stat().st_size > 10_000
+
+
+def test_elbo_step_benchmark(tmp_path):
+    result, stdout = _run(
+        "benchmarks/elbo_step.py",
+        *("--quick", "--rounds", "2", "--block", "5", "--no-progress", "--out", str(tmp_path)),
+        *("--profile", "--profile-steps", "20"),
+    )
+    for b in (16, 256):
+        for key in ("ratio", "ratio_pyro_adam", "ratio_fused_adam", "ms_torch", "ms_rpm", "ms_pyro_adam"):
+            value = result[f"{key}_b{b}"]
+            assert math.isfinite(value) and value > 0, f"{key}_b{b} = {value}"
+        assert result[f"ratio_b{b}"] == min(result[f"ratio_pyro_adam_b{b}"], result[f"ratio_fused_adam_b{b}"])
+        assert result[f"ms_rpm_b{b}"] == pytest.approx(result[f"ratio_b{b}"] * result[f"ms_torch_b{b}"])
+        # both sides compute the same loss and gradients (the RPM loss is B (InfoNCE + log B))
+        assert result[f"initial_loss_abs_diff_b{b}"] <= 1e-5
+        assert result[f"initial_grad_rel_diff_b{b}"] <= 1e-4
+    assert result["threads"] == 1
+    assert "cProfile of 20 RPM steps" in stdout and "RPM_ELBO._fill_log_probs" in stdout
+    assert (tmp_path / "elbo_step.png").stat().st_size > 5_000
+
+
+def test_script_parser_defaults_and_emit(capsys):
+    parser = script_parser("demo", script="examples/some_script.py", steps_help="steps")
+    args = parser.parse_args([])
+    assert (args.quick, args.seed, args.device, args.steps, args.no_progress) == (False, 0, "cpu", None, False)
+    assert args.out == os.path.join("outputs", "some_script")
+    assert not hasattr(script_parser("demo", script="x.py").parse_args([]), "steps")
+    assert setup(parser.parse_args(["--seed", "3"])) == torch.device("cpu")
+    assert torch.get_num_threads() == 1
+    emit({"a": 1.5, "b": [1, 2]})
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"a": 1.5, "b": [1, 2]}
+
+
+def test_setup_rejects_unavailable_or_malformed_device():
+    parser = script_parser("demo", script="x.py")
+    with pytest.raises(ValueError, match="--device must name a torch device.*'nonsense'"):
+        setup(parser.parse_args(["--device", "nonsense"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            setup(parser.parse_args(["--device", "cuda"]))
+
+
+def test_script_reports_bad_device_as_usage_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples/infonce_identity.py"), "--quick", "--device", "cuda"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
