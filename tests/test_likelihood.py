@@ -298,3 +298,24 @@ def test_observe_bad_index():
         observe("x", factors, latent, index=torch.tensor([0.0, 1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="index"):
         observe("x", factors, latent, index=torch.tensor([0, 1, 2]))
+
+
+def test_observe_rejects_mismatched_dtype_and_small_support():
+    """The checks of RecognitionLikelihood also guard ``observe``: a float64 latent against float32
+    factors, and a support set of one point, raise ValueErrors naming the problem."""
+    factors, latent = make_factors("gaussian")
+    support = factors.index(torch.arange(B))
+    with pytest.raises(ValueError, match="dtype"):
+        observe("x", support, latent.double())
+    with pytest.raises(ValueError, match="at least 2"):
+        observe("x", GaussianFactor(torch.zeros(1, D), torch.ones(1, D)), torch.zeros(1, D))
+
+
+def test_observe_batch_and_support_mismatch_message():
+    """In-batch support with a batch that is not the support set: the message names the site, both sizes and index=."""
+    factors, latent = make_factors("gaussian")  # M = 5 support points, B = 4 latents
+    with pytest.raises(ValueError, match=r"observe\('x1'\).*\(4,\).*5 points.*index="):
+        observe("x1", factors, latent)
+    # A latent batch longer than the support set fails the same way.
+    with pytest.raises(ValueError, match=r"\(7,\).*5 points"):
+        observe("x1", factors, torch.zeros(7, D))
