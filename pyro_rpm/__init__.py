@@ -7,6 +7,8 @@ Write any prior as a Pyro program, observe the data through :class:`RecognitionL
 and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyro.infer.SVI`.
 """
 
+from . import metrics, plots
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .couplings import (
     AnisotropicRBFCoupling,
     BilinearCoupling,
@@ -15,11 +17,16 @@ from .couplings import (
     LaplaceCoupling,
     RBFCoupling,
 )
+from .diagnostics import to_inference_data
 from .elbo import RPM_ELBO
 from .factors import CategoricalFactor, DeltaFactor, Factor, GaussianFactor
+from .fit import EarlyStopping, FitResult, StepInfo, fit
 from .guides import RecognitionGuide, TiedPosterior
+from .guides_structured import ConjugateGaussianGuide
 from .likelihood import RecognitionLikelihood, observe
-from .priors import ContrastivePrior, MarginalPrior
+from .metrics import cluster_accuracy, linear_r2, mcc
+from .normalisers import gaussian_logsumexp, score_logsumexp
+from .priors import ContrastivePrior, GaussianProcessPrior, LinearGaussianStateSpacePrior, MarginalPrior
 from .recognition import (
     CategoricalRecognition,
     DeltaRecognition,
@@ -27,6 +34,7 @@ from .recognition import (
     Recognition,
     recognition_cache,
 )
+from .trajectories import TrajectoryLikelihood, observe_trajectories
 
 __version__ = "0.1.0"
 
@@ -35,23 +43,43 @@ __all__ = [
     "BilinearCoupling",
     "CategoricalFactor",
     "CategoricalRecognition",
+    "Checkpoint",
+    "ConjugateGaussianGuide",
     "ContrastivePrior",
     "CosineCoupling",
     "Coupling",
     "DeltaFactor",
     "DeltaRecognition",
+    "EarlyStopping",
     "Factor",
+    "FitResult",
     "GaussianFactor",
+    "GaussianProcessPrior",
     "GaussianRecognition",
     "LaplaceCoupling",
+    "LinearGaussianStateSpacePrior",
     "MarginalPrior",
     "RBFCoupling",
     "RPM_ELBO",
     "Recognition",
     "RecognitionGuide",
     "RecognitionLikelihood",
+    "StepInfo",
     "TiedPosterior",
+    "TrajectoryLikelihood",
+    "cluster_accuracy",
+    "fit",
+    "gaussian_logsumexp",
+    "linear_r2",
+    "load_checkpoint",
+    "mcc",
+    "metrics",
     "observe",
+    "observe_trajectories",
+    "plots",
     "recognition_cache",
+    "save_checkpoint",
+    "score_logsumexp",
+    "to_inference_data",
     "__version__",
 ]

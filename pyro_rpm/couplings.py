@@ -246,5 +246,3 @@ class LaplaceCoupling(Coupling):
         chunk = max(1, (1 << 22) // max(1, flat.shape[0] * z.shape[-1]))
         pieces = [torch.cdist(flat, atoms[i : i + chunk], p=1) for i in range(0, atoms.shape[0], chunk)]
         return (-torch.cat(pieces, -1) / self.scale.to(z.dtype)).reshape(*lead, atoms.shape[0])
-
-

@@ -64,7 +64,9 @@ class GaussianFactor(Factor):
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, *, validate_args: bool | None = None) -> None:
         if loc.dim() < 1:
-            raise ValueError(f"loc must have at least one dimension (the latent dimension), got shape {tuple(loc.shape)}")
+            raise ValueError(
+                f"loc must have at least one dimension (the latent dimension), got shape {tuple(loc.shape)}"
+            )
         self.loc, self.scale = broadcast_all(loc, scale)
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 

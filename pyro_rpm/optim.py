@@ -58,6 +58,9 @@ class MultiTensorOptim(PyroOptim):
         params = list(params)
         new = [p for p in params if p not in self._seen]
         if new:
+            # SVI passes a set (ordered by object ids): sort by name for a reproducible order.
+            store = pyro.get_param_store()
+            new.sort(key=lambda p: store.param_name(p) or "")
             for p in new:
                 self._seen[p] = None
             if self.optimizer is None:
@@ -86,12 +89,29 @@ class MultiTensorOptim(PyroOptim):
             self._consume_waiting_state()
 
     def _consume_waiting_state(self) -> None:
+        """Apply a waiting state once every parameter it names is registered (matched by name)."""
         state = self._state_waiting_to_be_consumed
         if not state or "names" not in state:
             return
-        if self._names() != list(state["names"]):
-            return  # wait until the same parameters (in the same order) are registered
-        self.optimizer.load_state_dict(state["optimizer"])
+        names = self._names()
+        if set(names) != set(state["names"]):
+            return  # wait until the same parameters are registered
+        saved = state["optimizer"]
+        saved_groups = {}  # saved flat index -> its param group (hyperparameters)
+        for group in saved["param_groups"]:
+            for index in group["params"]:
+                saved_groups[index] = group
+        flat_index = [index for group in saved["param_groups"] for index in group["params"]]
+        by_name = dict(zip(state["names"], flat_index))
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                index = by_name[pyro.get_param_store().param_name(param)]
+                group.update({k: v for k, v in saved_groups[index].items() if k != "params"})
+                entry = saved["state"].get(index)
+                if entry is not None:
+                    self.optimizer.state[param] = {
+                        k: v.to(param.device) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in entry.items()
+                    }
         self._state_waiting_to_be_consumed = {}
 
 

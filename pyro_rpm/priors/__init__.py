@@ -2,5 +2,26 @@
 """Ready-made latent priors, each an ordinary Pyro distribution or program."""
 
 from .empirical import ContrastivePrior, EmpiricalMarginalPrior, MarginalPrior
+from .gaussian_sequence import ConjugateGaussianSequence, DenseGaussianTrajectory
+from .gp import GaussianProcessPrior, GaussianProcessSequence, KernelSmoothedMean
+from .kernels import RBF, Kernel, Matern12, Matern32, Matern52, make_kernel
+from .state_space import GaussianMarkovChain, LinearGaussianStateSpacePrior
 
-__all__ = ["ContrastivePrior", "EmpiricalMarginalPrior", "MarginalPrior"]
+__all__ = [
+    "RBF",
+    "ConjugateGaussianSequence",
+    "ContrastivePrior",
+    "DenseGaussianTrajectory",
+    "EmpiricalMarginalPrior",
+    "GaussianMarkovChain",
+    "GaussianProcessPrior",
+    "GaussianProcessSequence",
+    "Kernel",
+    "KernelSmoothedMean",
+    "LinearGaussianStateSpacePrior",
+    "MarginalPrior",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "make_kernel",
+]
