@@ -1,7 +1,33 @@
 # SPDX-License-Identifier: Apache-2.0
 """Deterministic synthetic data sets (seeded, no downloads), each returned with its true latents."""
 
+from .identifiability import (
+    InvertibleMLP,
+    anisotropic_sphere,
+    anisotropic_sphere_pairs,
+    bimodal_precision,
+    box_laplace_pairs,
+    sphere_vmf_pairs,
+    truncated_laplace,
+    uniform_box,
+    uniform_sphere,
+    von_mises_fisher,
+)
 from .synthetic import two_view_gaussian
 from .timeseries import bouncing_ball_poisson, linear_gaussian_ssm
 
-__all__ = ["bouncing_ball_poisson", "linear_gaussian_ssm", "two_view_gaussian"]
+__all__ = [
+    "InvertibleMLP",
+    "anisotropic_sphere",
+    "anisotropic_sphere_pairs",
+    "bimodal_precision",
+    "bouncing_ball_poisson",
+    "box_laplace_pairs",
+    "linear_gaussian_ssm",
+    "sphere_vmf_pairs",
+    "truncated_laplace",
+    "two_view_gaussian",
+    "uniform_box",
+    "uniform_sphere",
+    "von_mises_fisher",
+]
