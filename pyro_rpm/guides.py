@@ -12,6 +12,11 @@ factors :math:`f_j(z \mid x_{jn})` of the observed data:
 * several views otherwise: the normalised product :math:`q \propto \prod_j f_j`;
 * ``amortiser=``: a user network maps the factors' parameters to :math:`q`.
 
+Discrete sites marked ``infer={"enumerate": ...}`` are left out: :class:`pyro.infer.TraceEnum_ELBO`
+sums them out exactly, so the guide must not sample them (their exact posterior is available from
+:func:`pyro_rpm.posterior.discrete_marginals`). When the model has such sites, ``combine="auto"``
+uses the plain product for the other latents, since their prior may depend on the enumerated value.
+
 Each guide site is a :class:`TiedPosterior`, which also knows the *residual*
 :math:`r(z) = \log q(z) - \sum_j \log f_j(z \mid x_{jn})` in closed form, so that
 :class:`~pyro_rpm.RPM_ELBO` cancels the :math:`\log f` terms exactly.
@@ -170,6 +175,11 @@ def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def _enumerated(site: dict) -> bool:
+    """Whether a model site is a latent that TraceEnum_ELBO enumerates (sums out) in the model."""
+    return not site["is_observed"] and site["infer"].get("enumerate") in ("parallel", "sequential")
+
+
 class RecognitionGuide(nn.Module):
     r"""A guide built from the model's recognition factors (see the module docstring).
 
@@ -216,11 +226,13 @@ class RecognitionGuide(nn.Module):
             self.model(*args, **kwargs)
         by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
         links: dict[str, list[str]] = OrderedDict(
-            (name, []) for name, site in discovery.sites.items() if not site["is_observed"]
+            (name, []) for name, site in discovery.sites.items() if not site["is_observed"] and not _enumerated(site)
         )
         for name, site in discovery.sites.items():
             if isinstance(site["fn"], RecognitionLikelihood):
                 latent = by_value.get(id(site["fn"].latent_source))
+                if latent is not None and latent not in links:
+                    continue  # an enumerated latent: summed out by TraceEnum_ELBO, not guided
                 if latent is None:
                     raise ValueError(
                         f"likelihood site '{name}' observes a latent that is not the value of any sample site "
@@ -240,7 +252,10 @@ class RecognitionGuide(nn.Module):
     # ------------------------------------------------------------------ posteriors
     def _posterior(self, latent: str, sites: dict[str, dict], lik_names: list[str]) -> TiedPosterior:
         factors = [sites[n]["fn"].factors.index(sites[n]["value"].long()) for n in lik_names]
-        return self._combine(latent, factors, sites[latent]["fn"], lik_names)
+        prior_fn = sites[latent]["fn"]
+        if self.combine == "auto" and any(_enumerated(site) for site in sites.values()):
+            prior_fn = None  # the prior may depend on an enumerated site's placeholder value
+        return self._combine(latent, factors, prior_fn, lik_names)
 
     def _prior_free(self, links: dict[str, list[str]], sites: dict[str, dict]) -> bool:
         """Whether every latent's posterior can be formed without its prior."""
@@ -262,7 +277,9 @@ class RecognitionGuide(nn.Module):
             base = CategoricalFactor(logits - log_z.unsqueeze(-1))
             return TiedPosterior(base, tuple(lik_names), lambda value: -log_z)
         if not all(isinstance(f, GaussianFactor) for f in factors):
-            raise ValueError(f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]}")
+            raise ValueError(
+                f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]}"
+            )
         prior = _diag_normal(prior_fn) if self.combine != "product" else None
         if prior is None and self.combine == "prior_product":
             raise ValueError(f"latent '{latent}': combine='prior_product' needs a diagonal Normal prior")
