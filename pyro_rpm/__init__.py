@@ -34,6 +34,7 @@ from .recognition import (
     Recognition,
     recognition_cache,
 )
+from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
 from .trajectories import TrajectoryLikelihood, observe_trajectories
 
 __version__ = "0.1.0"
@@ -53,18 +54,23 @@ __all__ = [
     "EarlyStopping",
     "Factor",
     "FitResult",
+    "FullDataSupport",
     "GaussianFactor",
     "GaussianProcessPrior",
     "GaussianRecognition",
+    "InBatchSupport",
+    "IndexedBankSupport",
     "LaplaceCoupling",
     "LinearGaussianStateSpacePrior",
     "MarginalPrior",
+    "MemoryBankSupport",
     "RBFCoupling",
     "RPM_ELBO",
     "Recognition",
     "RecognitionGuide",
     "RecognitionLikelihood",
     "StepInfo",
+    "Support",
     "TiedPosterior",
     "TrajectoryLikelihood",
     "cluster_accuracy",

@@ -8,7 +8,18 @@ Every coupling is an :class:`torch.nn.Module` with
 * :meth:`Coupling.expected_pairwise`: :math:`\log \mathbb E_{z' \sim f_m}[e^{g(z, z')}]` for each
   factor :math:`f_m`, which is the per-component normaliser of the contrastive prior. It is exact
   for deterministic (point-mass) factors and, where a closed form exists (RBF and bilinear
-  couplings), for Gaussian factors; otherwise the factor is replaced by its mean.
+  couplings), for Gaussian factors; otherwise the factor is replaced by its mean;
+* :meth:`Coupling.expected_logsumexp`: :math:`\log\sum_m \mathbb E_{f_m}[e^{g(z, z')}]`, the
+  contrastive prior's normaliser. Beyond the dense threshold (``backend=``) the bilinear, RBF and
+  cosine forms reduce to :func:`~pyro_rpm.normalisers.score_logsumexp` or
+  :func:`~pyro_rpm.normalisers.gaussian_logsumexp` (exact, without the ``B x M`` table):
+
+  - bilinear, Gaussian :math:`f_m`: keys :math:`[\mu_m, s_m^2]`, queries :math:`[u, u^2/2]`,
+    :math:`u = W^\top z`; point masses: keys :math:`a_m`, queries :math:`u`;
+  - RBF: :math:`\log\sum_m \mathcal N(z; \mu_m, \operatorname{diag}(\ell^2 + s_m^2))
+    + \tfrac D2 \log 2\pi + \sum_d \log \ell_d` (point masses: :math:`s_m = 0`);
+  - cosine: keys :math:`a_m / \lVert a_m\rVert`, queries :math:`z / (\lVert z\rVert \tau)`;
+  - Laplace: always the dense table (no dot-product form).
 
 Their parameters are registered with Pyro's parameter store under ``name`` when used.
 """
@@ -16,13 +27,15 @@ Their parameters are registered with Pyro's parameter store under ``name`` when 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._validation import check_positive
-from .factors import Factor, GaussianFactor
+from .factors import Factor, GaussianFactor, use_dense
+from .normalisers import gaussian_logsumexp, score_logsumexp
 from .pairwise import quadratic_pairwise
 from .recognition import register_module
 
@@ -69,6 +82,34 @@ class Coupling(nn.Module):
         r""":math:`\log \mathbb E_{f_m}[\exp g(z, z')]` for every factor; defaults to :math:`g(z, \mathbb E f_m)`."""
         return self.pairwise(z, factors.mean)
 
+    def expected_logsumexp(
+        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    ) -> torch.Tensor:
+        r""":math:`\log\sum_m \mathbb E_{f_m}[\exp g(z, z')]`, shape ``z.shape[:-1]``.
+
+        The row-logsumexp of :meth:`expected_pairwise`. This base version builds the table; the
+        bilinear, RBF and cosine couplings stream it for large supports (module docstring).
+
+        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"`` (:mod:`pyro_rpm.normalisers`).
+        :param int chunk_size: support points per chunk (streamed/fused backends).
+        """
+        use_dense(backend, 0)  # validates the name
+        return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+
+    @staticmethod
+    def _dense(backend: str, z: torch.Tensor, factors: Factor) -> bool:
+        rows = z.numel() // z.shape[-1] if z.shape[-1] else 0
+        return use_dense(backend, rows * factors.num_support)
+
+
+def _stochastic_gaussian(factors: Factor) -> bool:
+    return isinstance(factors, GaussianFactor) and not factors.is_point_mass
+
+
+def _shared_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x[0]`` when ``x`` is one ``(D,)`` vector expanded along the support dimension, else ``x``."""
+    return x[0] if x.dim() == 2 and x.stride(0) == 0 else x
+
 
 class BilinearCoupling(Coupling):
     r"""InfoNCE's bilinear critic :math:`g(z, z') = z^\top W z'`.
@@ -106,6 +147,19 @@ class BilinearCoupling(Coupling):
         self._register()
         u = z @ self.weight.to(z.dtype)
         return u @ factors.loc.transpose(-1, -2) + 0.5 * (u * u) @ factors.variance.transpose(-1, -2)
+
+    def expected_logsumexp(
+        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    ) -> torch.Tensor:
+        if self._dense(backend, z, factors):
+            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+        self._register()
+        u = z @ self.weight.to(z.dtype)
+        if not _stochastic_gaussian(factors):
+            return score_logsumexp(u, factors.mean, backend=backend, chunk_size=chunk_size)
+        query = torch.cat([u, 0.5 * u * u], dim=-1)
+        keys = torch.cat([factors.loc, factors.variance], dim=-1)
+        return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
 
 
 class AnisotropicRBFCoupling(Coupling):
@@ -163,6 +217,23 @@ class AnisotropicRBFCoupling(Coupling):
         log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
         return quadratic_pairwise(z, factors.loc, total.reciprocal()) + log_shrink
 
+    def expected_logsumexp(
+        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    ) -> torch.Tensor:
+        if self._dense(backend, z, factors):
+            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+        self._register()
+        dim = z.shape[-1]
+        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(dim)
+        # log sum_m N(z; mu_m, diag(l^2 + s_m^2)) + D/2 log 2 pi + sum_d log l_d
+        constant = 0.5 * dim * math.log(2 * math.pi) + 0.5 * ell2.log().sum()
+        if _stochastic_gaussian(factors):
+            loc, variance = factors.loc, ell2 + _shared_rows(factors.scale).pow(2)
+        else:
+            loc, variance = factors.mean, ell2
+        lse = gaussian_logsumexp(z, loc, precision=variance.reciprocal(), backend=backend, chunk_size=chunk_size)
+        return lse + constant
+
 
 class RBFCoupling(AnisotropicRBFCoupling):
     r"""Gaussian RBF coupling with one learned lengthscale (Aitchison & Ganev, Eq. 27),
@@ -211,6 +282,16 @@ class CosineCoupling(Coupling):
         zn = F.normalize(z, dim=-1, eps=1e-8)
         an = F.normalize(atoms, dim=-1, eps=1e-8)
         return zn @ an.transpose(-1, -2) / self.temperature.to(z.dtype)
+
+    def expected_logsumexp(
+        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    ) -> torch.Tensor:
+        if self._dense(backend, z, factors):
+            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+        self._register()
+        query = F.normalize(z, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+        keys = F.normalize(factors.mean, dim=-1, eps=1e-8)
+        return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
 
 
 class LaplaceCoupling(Coupling):

@@ -16,6 +16,15 @@ observes the index n of each datum. Two choices of support set:
   biased estimate of the full-data one, and the constant relating the ELBO to InfoNCE is
   :math:`\log B`;
 * **whole data set** (all N points, observed indices into it): exact; the constant is :math:`\log N`.
+
+:mod:`pyro_rpm.support` gathers these and the memory-bank supports in one place.
+
+The normaliser :math:`\log\sum_m f(z_b \mid x_m)` of a large support set is computed without the
+``B x M`` table (``backend=``, :meth:`~pyro_rpm.factors.Factor.pairwise_logsumexp`): streamed or
+fused exact row-logsumexp with a recomputing backward pass (:mod:`pyro_rpm.normalisers`), and the
+diagonal :math:`\log f(z_b \mid x_{n_b})` directly from the observed points' factors. The table
+:attr:`RecognitionLikelihood.logits` is built only for :meth:`~RecognitionLikelihood.sample` and
+for small problems.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from pyro.distributions.util import broadcast_shape
 from torch.distributions.utils import lazy_property
 
 from ._validation import check_finite, check_same_device_and_dtype, check_tensor
-from .factors import Factor
+from .factors import Factor, use_dense
 
 __all__ = ["RecognitionLikelihood", "observe"]
 
@@ -40,6 +49,10 @@ class RecognitionLikelihood(TorchDistribution):
         e.g. ``recognition(x_support)``.
     :param torch.Tensor latent: the latent :math:`z`, shape ``batch_shape + factors.event_shape``;
         any leading particle/plate dimensions broadcast.
+    :param str backend: how :attr:`log_normaliser` is computed: ``"auto"`` (default: the dense table
+        for at most ``2**16`` latent-support pairs, else the fused or streamed exact kernel),
+        ``"dense"``, ``"streamed"`` or ``"fused"`` (see :mod:`pyro_rpm.normalisers`).
+    :param int chunk_size: support points per chunk for the streamed/fused backends.
 
     ``log_prob(n) = log f(z | x_n) - logsumexp_m log f(z | x_m)``, exactly
     ``Categorical(logits=log f(z | x_.)).log_prob(n)``; ``sample()`` draws support indices (the
@@ -56,7 +69,15 @@ class RecognitionLikelihood(TorchDistribution):
     arg_constraints: dict = {}
     has_enumerate_support = True
 
-    def __init__(self, factors: Factor, latent: torch.Tensor, *, validate_args: bool | None = None) -> None:
+    def __init__(
+        self,
+        factors: Factor,
+        latent: torch.Tensor,
+        *,
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         if not isinstance(factors, Factor):
             raise TypeError(
                 f"factors must be a pyro_rpm Factor (the output of a recognition module), got {type(factors).__name__}"
@@ -79,6 +100,13 @@ class RecognitionLikelihood(TorchDistribution):
         check_same_device_and_dtype(latent, "latent", reference, "factors")
         if latent.is_floating_point():
             check_finite(latent, "latent")
+        use_dense(backend, 0)  # validates the name
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.backend = backend
+        self.chunk_size = chunk_size
         self.factors = factors
         self.latent = latent
         #: the tensor passed as ``latent`` (kept through ``expand``, to identify the latent site).
@@ -98,8 +126,14 @@ class RecognitionLikelihood(TorchDistribution):
 
     @lazy_property
     def log_normaliser(self) -> torch.Tensor:
-        r""":math:`\log \sum_m f(z \mid x_m) = \log F(z) + \log M`, shape ``batch_shape``."""
-        return torch.logsumexp(self.logits, dim=-1)
+        r""":math:`\log \sum_m f(z \mid x_m) = \log F(z) + \log M`, shape ``batch_shape``.
+
+        From :attr:`logits` when the table exists already, else by
+        :meth:`~pyro_rpm.factors.Factor.pairwise_logsumexp` with this likelihood's ``backend``.
+        """
+        if "logits" in self.__dict__:
+            return torch.logsumexp(self.logits, dim=-1)
+        return self.factors.pairwise_logsumexp(self.latent, backend=self.backend, chunk_size=self.chunk_size)
 
     def _as_index(self, value: torch.Tensor) -> torch.Tensor:
         value = torch.as_tensor(value, device=self.latent.device)
@@ -109,11 +143,21 @@ class RecognitionLikelihood(TorchDistribution):
         return value.long()
 
     def diagonal(self, value: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log f(z \mid x_n)` at the observed indices n, shape ``broadcast(value, batch_shape)``."""
+        r""":math:`\log f(z \mid x_n)` at the observed indices n, shape ``broadcast(value, batch_shape)``.
+
+        Gathered from :attr:`logits` when the table exists, else evaluated directly as
+        ``factors.index(value).log_prob(latent)`` (no ``(..., M)`` table).
+        """
         value = self._as_index(value)
         shape = broadcast_shape(tuple(value.shape), tuple(self.batch_shape))
-        logits = self.logits.expand(shape + (self.num_support,))
-        return logits.gather(-1, value.expand(shape).unsqueeze(-1)).squeeze(-1)
+        if "logits" in self.__dict__ or use_dense(self.backend, self._num_pairs()):
+            logits = self.logits.expand(shape + (self.num_support,))
+            return logits.gather(-1, value.expand(shape).unsqueeze(-1)).squeeze(-1)
+        return self.factors.index(value).log_prob(self.latent).expand(shape)
+
+    def _num_pairs(self) -> int:
+        """Number of (latent, support point) pairs of the table."""
+        return self.batch_shape.numel() * self.num_support
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -137,16 +181,28 @@ class RecognitionLikelihood(TorchDistribution):
         new.factors = self.factors
         new.num_support = self.num_support
         new.latent_source = self.latent_source
+        new.backend = self.backend
+        new.chunk_size = self.chunk_size
         target = batch_shape + self.factors.event_shape
         new.latent = self.latent if self.latent.shape == target else self.latent.expand(target)
         if "logits" in self.__dict__:
             new.logits = self.logits.expand(batch_shape + (self.num_support,))
+        if "log_normaliser" in self.__dict__:
+            new.log_normaliser = self.log_normaliser.expand(batch_shape)
         super(RecognitionLikelihood, new).__init__(batch_shape, torch.Size(), validate_args=False)
         new._validate_args = self._validate_args
         return new
 
 
-def observe(name: str, factors: Factor, latent: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+def observe(
+    name: str,
+    factors: Factor,
+    latent: torch.Tensor,
+    index: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     r"""Observe data through a :class:`RecognitionLikelihood` site.
 
     ``observe("x1", f1(x1), z)`` is ``pyro.sample("x1", RecognitionLikelihood(f1(x1), z), obs=index)``
@@ -158,9 +214,11 @@ def observe(name: str, factors: Factor, latent: torch.Tensor, index: torch.Tenso
     :param Factor factors: recognition factors over the support set.
     :param torch.Tensor latent: latents of the observed batch.
     :param torch.Tensor index: support index of each latent (default ``arange(M)``).
+    :param str backend: normaliser backend of the :class:`RecognitionLikelihood` (default ``"auto"``).
+    :param int chunk_size: support points per chunk for the streamed/fused backends.
     :returns: the observed indices.
     """
-    likelihood = RecognitionLikelihood(factors, latent)
+    likelihood = RecognitionLikelihood(factors, latent, backend=backend, chunk_size=chunk_size)
     if index is None:
         batch = likelihood.batch_shape
         # A trailing batch size of 1 broadcasts against the plate (e.g. an enumerated discrete latent).

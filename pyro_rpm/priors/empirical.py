@@ -9,6 +9,13 @@ With these priors and tied guides the RPM ELBO becomes InfoNCE: per datum,
 :math:`\mathcal L_n = g(z_n, z'_n) - \log\sum_m e^{g(z_n, a_m)} - \log M`, where :math:`a_m` are the
 encoder outputs of the second view. :class:`~pyro_rpm.RPM_ELBO` cancels the :math:`\log F` terms
 that these priors share with :class:`~pyro_rpm.RecognitionLikelihood` sites exactly.
+
+Large supports: both normalisers (:math:`\log\sum_m f(z \mid x_m)` and :math:`\log Z`) are
+computed without the ``B x M`` table beyond the dense threshold (``backend=``): by
+:meth:`~pyro_rpm.factors.Factor.pairwise_logsumexp` and
+:meth:`~pyro_rpm.couplings.Coupling.expected_logsumexp`, which reduce the RBF and bilinear closed
+forms (and cosine or point-mass forms) to :mod:`pyro_rpm.normalisers`. The tables
+(``component_logits``) are built only for sampling.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch.distributions.utils import lazy_property
 
 from .._validation import check_same_device_and_dtype, check_tensor
 from ..couplings import Coupling
-from ..factors import Factor
+from ..factors import Factor, use_dense
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
 
@@ -31,18 +38,30 @@ class EmpiricalMarginalPrior(TorchDistribution):
 
     Subclasses implement :meth:`log_prob_excluding_marginal`, which is
     ``log_prob(z) - logsumexp_m log f(z | x_m)``.
+
+    :param str backend: normaliser backend, ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"``
+        (:mod:`pyro_rpm.normalisers`).
     """
 
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, factors: Factor, batch_shape: torch.Size, *, validate_args: bool | None = None) -> None:
+    def __init__(
+        self,
+        factors: Factor,
+        batch_shape: torch.Size,
+        *,
+        backend: str = "auto",
+        validate_args: bool | None = None,
+    ) -> None:
         if not isinstance(factors, Factor):
             raise TypeError(f"factors must be a pyro_rpm Factor, got {type(factors).__name__}")
         if len(factors.batch_shape) != 1 or factors.batch_shape[0] < 2:
             raise ValueError(
                 f"factors must have batch_shape (M,) with M >= 2 support points, got {tuple(factors.batch_shape)}"
             )
+        use_dense(backend, 0)  # validates the name
+        self.backend = backend
         self.marginal_factors = factors
         super().__init__(torch.Size(batch_shape), factors.event_shape, validate_args=validate_args)
 
@@ -56,7 +75,7 @@ class EmpiricalMarginalPrior(TorchDistribution):
 
     def log_marginal_normaliser(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`\log \sum_m f(z \mid x_m)` at ``value``."""
-        return torch.logsumexp(self.marginal_factors.pairwise_log_prob(value), dim=-1)
+        return self.marginal_factors.pairwise_logsumexp(value, backend=self.backend)
 
     def log_prob_excluding_marginal(self, value: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -79,14 +98,17 @@ class MarginalPrior(EmpiricalMarginalPrior):
     r"""The recognition marginal as a prior, :math:`p(z) = F(z) = \frac1M \sum_m f(z \mid x_m)`.
 
     :param Factor factors: recognition factors over the support set, ``batch_shape == (M,)``.
+    :param str backend: backend of :meth:`log_marginal_normaliser` (:mod:`pyro_rpm.normalisers`).
     """
 
-    def __init__(self, factors: Factor, *, validate_args: bool | None = None) -> None:
-        super().__init__(factors, torch.Size(), validate_args=validate_args)
+    def __init__(self, factors: Factor, *, backend: str = "auto", validate_args: bool | None = None) -> None:
+        super().__init__(factors, torch.Size(), backend=backend, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(MarginalPrior, _instance)
-        EmpiricalMarginalPrior.__init__(new, self.marginal_factors, torch.Size(batch_shape), validate_args=False)
+        EmpiricalMarginalPrior.__init__(
+            new, self.marginal_factors, torch.Size(batch_shape), backend=self.backend, validate_args=False
+        )
         new._validate_args = self._validate_args
         return new
 
@@ -118,10 +140,18 @@ class ContrastivePrior(EmpiricalMarginalPrior):
     :param Factor factors: recognition factors of the second view over the support set.
     :param Coupling coupling: the coupling :math:`g`.
     :param torch.Tensor anchor: the conditioning latent :math:`z`, shape ``batch_shape + (D,)``.
+    :param str backend: backend of both normalisers, :math:`\log Z` and
+        :meth:`~EmpiricalMarginalPrior.log_marginal_normaliser` (:mod:`pyro_rpm.normalisers`).
     """
 
     def __init__(
-        self, factors: Factor, coupling: Coupling, anchor: torch.Tensor, *, validate_args: bool | None = None
+        self,
+        factors: Factor,
+        coupling: Coupling,
+        anchor: torch.Tensor,
+        *,
+        backend: str = "auto",
+        validate_args: bool | None = None,
     ) -> None:
         if not isinstance(coupling, Coupling):
             raise TypeError(f"coupling must be a pyro_rpm Coupling, got {type(coupling).__name__}")
@@ -131,7 +161,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         check_same_device_and_dtype(anchor, "anchor", factors.mean, "factors")
         self.coupling = coupling
         self.anchor = anchor
-        super().__init__(factors, anchor.shape[:-1], validate_args=validate_args)
+        super().__init__(factors, anchor.shape[:-1], backend=backend, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ContrastivePrior, _instance)
@@ -140,7 +170,11 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         new.anchor = self.anchor.expand(batch_shape + self.anchor.shape[-1:])
         if "component_logits" in self.__dict__:
             new.component_logits = self.component_logits.expand(batch_shape + (self.num_support,))
-        EmpiricalMarginalPrior.__init__(new, self.marginal_factors, batch_shape, validate_args=False)
+        if "log_normaliser" in self.__dict__:
+            new.log_normaliser = self.log_normaliser.expand(batch_shape)
+        EmpiricalMarginalPrior.__init__(
+            new, self.marginal_factors, batch_shape, backend=self.backend, validate_args=False
+        )
         new._validate_args = self._validate_args
         return new
 
@@ -151,8 +185,16 @@ class ContrastivePrior(EmpiricalMarginalPrior):
 
     @lazy_property
     def log_normaliser(self) -> torch.Tensor:
-        r""":math:`\log Z(z)`, shape ``batch_shape``."""
-        return torch.logsumexp(self.component_logits, dim=-1) - math.log(self.num_support)
+        r""":math:`\log Z(z)`, shape ``batch_shape``.
+
+        From ``component_logits`` when that table exists, else by
+        :meth:`~pyro_rpm.couplings.Coupling.expected_logsumexp` with this prior's ``backend``.
+        """
+        if "component_logits" in self.__dict__:
+            lse = torch.logsumexp(self.component_logits, dim=-1)
+        else:
+            lse = self.coupling.expected_logsumexp(self.anchor, self.marginal_factors, backend=self.backend)
+        return lse - math.log(self.num_support)
 
     def log_prob_excluding_marginal(self, value: torch.Tensor) -> torch.Tensor:
         return self.coupling(self.anchor, value) - self.log_normaliser - math.log(self.num_support)
