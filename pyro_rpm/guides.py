@@ -6,9 +6,9 @@ r"""Guides tied to the recognition factors.
 factors :math:`f_j(z \mid x_{jn})` of the observed data:
 
 * one view: :math:`q(z \mid x_n) = f(z \mid x_n)` (Aitchison & Ganev);
-* several views, Gaussian factors and a diagonal Gaussian prior: the closed form
-  :math:`q \propto p \prod_j f_j / p` (Walker et al.), i.e. natural parameters
-  :math:`\eta_q = \eta_p + \sum_j (\eta_j - \eta_p)`;
+* several views, Gaussian factors and a diagonal Gaussian prior whose parameters do not depend
+  on other latents: the closed form :math:`q \propto p \prod_j f_j / p` (Walker et al.), i.e.
+  natural parameters :math:`\eta_q = \eta_p + \sum_j (\eta_j - \eta_p)`;
 * several views otherwise: the normalised product :math:`q \propto \prod_j f_j`;
 * ``amortiser=``: a user network maps the factors' parameters to :math:`q`.
 
@@ -24,7 +24,6 @@ Each guide site is a :class:`TiedPosterior`, which also knows the *residual*
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -34,11 +33,10 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from ._guide_plan import locate, make_plan, planning_enabled
+from ._private_run import PrivateModelRun, sample_in_model_plates
 from .factors import CategoricalFactor, GaussianFactor, gaussian_log_partition
 from .likelihood import RecognitionLikelihood
 from .recognition import record_recognition_calls
@@ -120,46 +118,6 @@ class TiedPosterior(TorchDistribution):
         return self._residual(value).expand(shape)
 
 
-def _placeholder(fn: Any) -> torch.Tensor:
-    """A value for a latent site during the private model run.
-
-    Drawn without touching the global random streams, so that a guide call with the private run
-    and one without it (a planned call) draw the same latents under one seed.
-    """
-    with torch.no_grad():
-        if hasattr(fn, "placeholder"):
-            return fn.placeholder()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            return fn.sample()
-
-
-class _DiscoveryMessenger(Messenger):
-    """Runs the model privately: latent sites get placeholder values, nothing leaks outwards."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sites: OrderedDict[str, dict] = OrderedDict()
-        self.subsamples: dict[str, torch.Tensor] = {}
-
-    def _process_message(self, msg) -> None:
-        if msg["type"] != "sample":
-            return
-        fn = msg["fn"]
-        if isinstance(fn, _Subsample):
-            if msg["value"] is None:
-                msg["value"] = fn.sample()
-            self.subsamples[msg["name"]] = msg["value"]
-        elif not msg["is_observed"] and msg["value"] is None:
-            msg["value"] = _placeholder(fn)
-        msg["stop"] = True
-        msg["done"] = True
-
-    def _postprocess_message(self, msg) -> None:
-        if msg["type"] == "sample" and not isinstance(msg["fn"], _Subsample):
-            self.sites[msg["name"]] = dict(msg)
-
-
 def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Return (loc, scale) if ``fn`` is a diagonal Normal over a vector, else None."""
     while isinstance(fn, dist.ExpandedDistribution):
@@ -175,6 +133,30 @@ def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def _depends_on(tensors: tuple[torch.Tensor, ...], leaves: list[torch.Tensor]) -> bool:
+    r"""Whether any of ``tensors`` was computed from any of the leaf tensors ``leaves``.
+
+    Walks the autograd graph (no computation): a conditional prior such as
+    :math:`p(z_t \mid z_{t-1}) = \mathcal N(a z_{t-1}, s^2)` depends on the placeholder of
+    :math:`z_{t-1}` from the private model run, a prior with fixed or learned parameters does not.
+    """
+    targets = {id(leaf) for leaf in leaves}
+    if not targets:
+        return False
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in targets:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return any(id(t) in targets for t in tensors)
+
+
 def _enumerated(site: dict) -> bool:
     """Whether a model site is a latent that TraceEnum_ELBO enumerates (sums out) in the model."""
     return not site["is_observed"] and site["infer"].get("enumerate") in ("parallel", "sequential")
@@ -185,8 +167,10 @@ class RecognitionGuide(nn.Module):
 
     :param callable model: the model; it is traced on every call to read the current factors.
     :param str combine: how several views of one latent combine: ``"auto"`` (Walker et al.'s
-        :math:`p \prod_j f_j/p` when the prior is a diagonal Normal and the factors are Gaussian,
-        else the product), ``"prior_product"`` or ``"product"``.
+        :math:`p \prod_j f_j/p` when the prior is a diagonal Normal whose parameters do not
+        depend on other latents (a conditional prior such as :math:`p(z_t \mid z_{t-1})` falls back
+        to the product) and the factors are Gaussian, else the product), ``"prior_product"`` or
+        ``"product"``.
     :param torch.nn.Module amortiser: optional network mapping the concatenated factor
         parameters ``(..., J * 2D)`` (means and log-scales) to ``(..., 2D)`` (mean and
         pre-softplus scale of q).
@@ -221,8 +205,8 @@ class RecognitionGuide(nn.Module):
         self._plan_disabled = False
 
     # ------------------------------------------------------------------ discovery
-    def _discover(self, args: tuple, kwargs: dict) -> tuple[_DiscoveryMessenger, dict[str, list[str]]]:
-        with _DiscoveryMessenger() as discovery:
+    def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
+        with PrivateModelRun(track_dependence=True) as discovery:
             self.model(*args, **kwargs)
         by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
         links: dict[str, list[str]] = OrderedDict(
@@ -253,8 +237,14 @@ class RecognitionGuide(nn.Module):
     def _posterior(self, latent: str, sites: dict[str, dict], lik_names: list[str]) -> TiedPosterior:
         factors = [sites[n]["fn"].factors.index(sites[n]["value"].long()) for n in lik_names]
         prior_fn = sites[latent]["fn"]
-        if self.combine == "auto" and any(_enumerated(site) for site in sites.values()):
-            prior_fn = None  # the prior may depend on an enumerated site's placeholder value
+        if self.combine == "auto" and len(factors) > 1:
+            if any(_enumerated(site) for site in sites.values()):
+                prior_fn = None  # the prior may depend on an enumerated site's placeholder value
+            else:
+                normal = _diag_normal(prior_fn)
+                others = [s["value"] for n, s in sites.items() if n != latent and not s["is_observed"]]
+                if normal is not None and _depends_on(normal, others):
+                    prior_fn = None  # a conditional prior, read at another latent's placeholder
         return self._combine(latent, factors, prior_fn, lik_names)
 
     def _prior_free(self, links: dict[str, list[str]], sites: dict[str, dict]) -> bool:
@@ -343,21 +333,8 @@ class RecognitionGuide(nn.Module):
         values: dict[str, torch.Tensor] = {}
         plates: dict[str, pyro.plate] = {}
         for latent, lik_names in links.items():
-            site = discovery.sites[latent]
             posterior = self._posterior(latent, discovery.sites, lik_names)
-            with contextlib.ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.name not in discovery.subsamples:
-                        continue  # a plate opened outside the model (e.g. vectorised particles)
-                    if frame.name not in plates:
-                        plates[frame.name] = pyro.plate(
-                            frame.name,
-                            frame.full_size if frame.full_size is not None else frame.size,
-                            subsample=discovery.subsamples[frame.name],
-                            dim=frame.dim,
-                        )
-                    stack.enter_context(plates[frame.name])
-                values[latent] = pyro.sample(latent, posterior, infer=dict(site["infer"]))
+            values[latent] = sample_in_model_plates(latent, posterior, discovery, plates)
         return values
 
     # ------------------------------------------------------------------ planned path

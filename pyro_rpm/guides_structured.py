@@ -64,7 +64,6 @@ the posteriors without sampling (e.g. posterior means for evaluation).
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -72,10 +71,9 @@ from typing import Any
 import pyro
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
+from ._private_run import PrivateModelRun, sample_in_model_plates
 from .factors import GaussianFactor
 from .priors.gaussian_sequence import ConjugateGaussianSequence
 from .trajectories import TrajectoryLikelihood
@@ -84,42 +82,6 @@ __all__ = ["REFERENCES", "ConjugateGaussianGuide"]
 
 #: Accepted values of ``ConjugateGaussianGuide(reference=...)``.
 REFERENCES = ("marginal", "none")
-
-
-def _placeholder(fn: Any) -> torch.Tensor:
-    """A value for a latent site during the private model run, without touching the global RNG."""
-    with torch.no_grad():
-        if hasattr(fn, "placeholder"):
-            return fn.placeholder()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            return fn.sample()
-
-
-class _Discovery(Messenger):
-    """Runs the model privately: latent sites get placeholder values, nothing leaks outwards."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sites: OrderedDict[str, dict] = OrderedDict()
-        self.subsamples: dict[str, torch.Tensor] = {}
-
-    def _process_message(self, msg) -> None:
-        if msg["type"] != "sample":
-            return
-        fn = msg["fn"]
-        if isinstance(fn, _Subsample):
-            if msg["value"] is None:
-                msg["value"] = fn.sample()
-            self.subsamples[msg["name"]] = msg["value"]
-        elif not msg["is_observed"] and msg["value"] is None:
-            msg["value"] = _placeholder(fn)
-        msg["stop"] = True
-        msg["done"] = True
-
-    def _postprocess_message(self, msg) -> None:
-        if msg["type"] == "sample" and not isinstance(msg["fn"], _Subsample):
-            self.sites[msg["name"]] = dict(msg)
 
 
 class ConjugateGaussianGuide(nn.Module):
@@ -169,8 +131,8 @@ class ConjugateGaussianGuide(nn.Module):
         self.sites = sites
 
     # ------------------------------------------------------------------ discovery
-    def _discover(self, args: tuple, kwargs: dict) -> tuple[_Discovery, dict[str, list[str]]]:
-        with _Discovery() as discovery:
+    def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
+        with PrivateModelRun() as discovery:
             self.model(*args, **kwargs)
         latents = [name for name, site in discovery.sites.items() if not site["is_observed"]]
         if self.sites is not None:
@@ -235,19 +197,6 @@ class ConjugateGaussianGuide(nn.Module):
         values: dict[str, torch.Tensor] = {}
         plates: dict[str, pyro.plate] = {}
         for latent, lik_names in links.items():
-            site = discovery.sites[latent]
             posterior = self._posterior(latent, discovery.sites, lik_names)
-            with contextlib.ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.name not in discovery.subsamples:
-                        continue  # a plate opened outside the model (e.g. vectorised particles)
-                    if frame.name not in plates:
-                        plates[frame.name] = pyro.plate(
-                            frame.name,
-                            frame.full_size if frame.full_size is not None else frame.size,
-                            subsample=discovery.subsamples[frame.name],
-                            dim=frame.dim,
-                        )
-                    stack.enter_context(plates[frame.name])
-                values[latent] = pyro.sample(latent, posterior, infer=dict(site["infer"]))
+            values[latent] = sample_in_model_plates(latent, posterior, discovery, plates)
         return values

@@ -360,3 +360,57 @@ def test_constructor_checks():
         RecognitionGuide(lambda: None, combine="sum")
     with pytest.raises(TypeError, match="amortiser"):
         RecognitionGuide(lambda: None, amortiser=lambda t: t)
+
+
+# --------------------------------------------------------------------------- conditional priors
+def _markov_model(factors_by_step, a: float = 0.9):
+    """z_0 ~ N(0, 1), z_t | z_{t-1} ~ N(a z_{t-1}, 1 - a^2); two views per step."""
+
+    def model():
+        with pyro.plate("data", B):
+            z = pyro.sample("z_0", _normal_prior(torch.zeros(D, dtype=torch.float64), 1.0))
+            for j, f in enumerate(factors_by_step[0]):
+                observe(f"x_0_{j}", f, z)
+            for t in range(1, len(factors_by_step)):
+                z = pyro.sample(f"z_{t}", _normal_prior(a * z, math.sqrt(1 - a**2)))
+                for j, f in enumerate(factors_by_step[t]):
+                    observe(f"x_{t}_{j}", f, z)
+
+    return model
+
+
+def test_auto_falls_back_to_the_product_for_a_conditional_prior():
+    r"""``combine="auto"`` uses :math:`p \prod_j f_j / p` only for a prior that depends on no other latent.
+
+    In a Markov chain the first step's prior :math:`\mathcal N(0, 1)` is fixed, so step 0 gets Walker's
+    combination; :math:`p(z_1 \mid z_0)` depends on :math:`z_0`, whose value in the guide's private model
+    run is a placeholder, so step 1 gets the plain product.
+    """
+    steps = [_gaussian_views(2, seed=10), _gaussian_views(2, seed=11)]
+    trace = poutine.trace(RecognitionGuide(_markov_model(steps))).get_trace()
+    product = poutine.trace(RecognitionGuide(_markov_model(steps), combine="product")).get_trace()
+    walker = _posterior(
+        RecognitionGuide(_model_for(steps[0], _normal_prior(torch.zeros(D, dtype=torch.float64), 1.0)), combine="prior_product")
+    )
+    torch.testing.assert_close(trace.nodes["z_0"]["fn"].base.loc, walker.base.loc)
+    torch.testing.assert_close(trace.nodes["z_1"]["fn"].base.loc, product.nodes["z_1"]["fn"].base.loc)
+    torch.testing.assert_close(trace.nodes["z_1"]["fn"].base.scale, product.nodes["z_1"]["fn"].base.scale)
+    assert not torch.allclose(trace.nodes["z_0"]["fn"].base.loc, product.nodes["z_0"]["fn"].base.loc)
+    # the guide's values are not grad-tracking placeholders
+    assert not trace.nodes["z_1"]["value"].requires_grad or trace.nodes["z_1"]["value"].grad_fn is not None
+
+
+def test_auto_uses_a_prior_with_learned_parameters():
+    """A prior whose parameters are learned (pyro.param), not other latents, still enters q."""
+    factors = _gaussian_views(2, seed=12)
+
+    def model():
+        loc = pyro.param("prior_loc", PRIOR_LOC.clone())
+        with pyro.plate("data", B):
+            z = pyro.sample("z", _normal_prior(loc, PRIOR_SCALE))
+            for j, f in enumerate(factors):
+                observe(f"x{j}", f, z)
+
+    q_auto = _posterior(RecognitionGuide(model))
+    q_walker = _posterior(RecognitionGuide(_model_for(factors, _normal_prior(PRIOR_LOC, PRIOR_SCALE)), combine="prior_product"))
+    torch.testing.assert_close(q_auto.base.loc, q_walker.base.loc)
