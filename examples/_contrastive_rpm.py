@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, ContrastivePrior, Coupling, DeltaRecognition, MarginalPrior, RecognitionGuide, observe
-from pyro_rpm._script import progress
+from pyro_rpm._script import progress, pyplot, save_figure
 from pyro_rpm.metrics import linear_r2, mcc
 
 __all__ = [
@@ -146,19 +146,9 @@ def evaluate(
     return {"r2": float(np.mean(r2s)), "mcc": float(np.mean(mccs))}
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_loss_figure(path: str, curves: dict[str, list[float]], reference: float | None = None) -> str:
     """Training losses per datum (raw and smoothed); ``reference`` = log B draws the bounds log B and 2 log B."""
     plt = pyplot()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, losses in curves.items():
         steps = np.arange(1, len(losses) + 1)
@@ -172,16 +162,12 @@ def save_loss_figure(path: str, curves: dict[str, list[float]], reference: float
     ax.set_xlabel("SVI step")
     ax.set_ylabel("loss per datum = InfoNCE + log B (nats)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.dirname(path) or ".", os.path.basename(path), dpi=110)
 
 
 def save_latent_figure(path: str, z_true: np.ndarray, z_fit: np.ndarray, title: str, ylabel: str) -> str:
     """Scatter of each true latent against its learned counterpart (up to 10 dimensions)."""
     plt = pyplot()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     dims = min(10, z_true.shape[1])
     cols = min(5, dims)
     rows = (dims + cols - 1) // cols
@@ -199,7 +185,4 @@ def save_latent_figure(path: str, z_true: np.ndarray, z_fit: np.ndarray, title: 
         if d % cols == 0:
             ax.set_ylabel(ylabel, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.dirname(path) or ".", os.path.basename(path), dpi=110)

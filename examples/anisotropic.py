@@ -63,7 +63,7 @@ from _contrastive_rpm import (  # noqa: E402
 )
 
 from pyro_rpm import AnisotropicRBFCoupling, RBFCoupling  # noqa: E402
-from pyro_rpm._script import emit, script_parser, setup  # noqa: E402
+from pyro_rpm._script import emit, save_figure, script_parser, setup  # noqa: E402
 from pyro_rpm.datasets.identifiability import InvertibleMLP, anisotropic_sphere_pairs, bimodal_precision  # noqa: E402
 from pyro_rpm.metrics import linear_r2, mcc  # noqa: E402
 
@@ -145,7 +145,6 @@ def run_prior(prior: str, args, cfg: dict[str, Any], device: torch.device, sampl
 
 def _precision_figure(path: str, true: np.ndarray, learned: np.ndarray, iso: float) -> str:
     plt = pyplot()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     idx = np.arange(len(true))
     ax.bar(idx - 0.2, true, width=0.4, label="true Λ", color="0.6")
@@ -155,10 +154,7 @@ def _precision_figure(path: str, true: np.ndarray, learned: np.ndarray, iso: flo
     ax.set_xlabel("true latent")
     ax.set_ylabel("precision")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.dirname(path) or ".", os.path.basename(path), dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -37,7 +37,6 @@ sequence). The last stdout line is one JSON object with ``r2``, ``r2_initial``, 
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import bouncing_ball_poisson
 from pyro_rpm.guides_structured import ConjugateGaussianGuide
 from pyro_rpm.priors.gp import GaussianProcessPrior
@@ -150,22 +149,8 @@ def run(args) -> dict[str, Any]:
 
 
 def _figures(out: str, losses, q, reg, z_true, counts, T: int, K: int) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("loss per frame (nats)")
-    ax.set_title("RPM_ELBO, GP prior")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "elbo.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    plt = pyplot()
+    paths = [loss_figure(losses, out, ylabel="loss per frame (nats)", title="RPM_ELBO, GP prior")]
 
     with torch.no_grad():
         mean = q.mean.cpu().numpy()  # (N, T, K)
@@ -183,10 +168,7 @@ def _figures(out: str, losses, q, reg, z_true, counts, T: int, K: int) -> list[s
     axes[0, 0].legend(fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("t")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "trajectories.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "trajectories.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3))
     image = ax.imshow(counts[0].numpy().T, aspect="auto", origin="lower", cmap="Greys", extent=(0.5, T + 0.5, -1, 1))
@@ -195,10 +177,7 @@ def _figures(out: str, losses, q, reg, z_true, counts, T: int, K: int) -> list[s
     ax.set_ylabel("neuron tuning centre")
     ax.set_title("spike counts of sequence 0 (red: true latent)")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    paths.append(os.path.join(out, "counts.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "counts.png"))
     return paths
 
 

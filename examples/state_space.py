@@ -36,7 +36,6 @@ posterior means for two sequences). The last stdout line is one JSON object with
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -46,7 +45,7 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import linear_gaussian_ssm
 from pyro_rpm.guides_structured import ConjugateGaussianGuide
 from pyro_rpm.priors.state_space import LinearGaussianStateSpacePrior
@@ -163,22 +162,8 @@ def run(args) -> dict[str, Any]:
 
 
 def _figures(out: str, losses, fitted: np.ndarray, z_true: np.ndarray, T: int) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("loss per frame (nats)")
-    ax.set_title("RPM_ELBO, state-space prior")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "elbo.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    plt = pyplot()
+    paths = [loss_figure(losses, out, ylabel="loss per frame (nats)", title="RPM_ELBO, state-space prior")]
 
     fitted = fitted.reshape(-1, T, fitted.shape[-1])
     truth = z_true.reshape(-1, T, z_true.shape[-1])
@@ -193,10 +178,7 @@ def _figures(out: str, losses, fitted: np.ndarray, z_true: np.ndarray, T: int) -
     axes[0, 0].legend(fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("t")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "latents.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "latents.png"))
     return paths
 
 

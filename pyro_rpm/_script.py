@@ -17,7 +17,7 @@ from typing import Any
 import pyro
 import torch
 
-__all__ = ["emit", "progress", "script_parser", "setup"]
+__all__ = ["emit", "loss_figure", "progress", "pyplot", "save_figure", "script_parser", "setup"]
 
 
 def script_parser(
@@ -82,3 +82,31 @@ def progress(iterable_or_total: Iterable[Any] | int, desc: str, disable: bool = 
 def emit(result: dict[str, Any]) -> None:
     """Print ``result`` as one JSON line (the last line a script writes to stdout)."""
     print(json.dumps(result), flush=True)
+
+
+def pyplot():
+    """:mod:`matplotlib.pyplot`, imported on first use, on the Agg backend unless one is already chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, out: str, name: str, dpi: int = 120) -> str:
+    """Lay out ``fig``, save it as ``out/name`` (creating ``out``), close it and return the path."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def loss_figure(losses: Any, out: str, name: str = "elbo.png", *, ylabel: str, title: str) -> str:
+    """Save the training curve of ``losses`` (one value per step, or a mapping label -> values)."""
+    from .plots import plot_elbo
+
+    pyplot()
+    return save_figure(plot_elbo(losses, ylabel=ylabel, title=title), out, name)

@@ -77,6 +77,23 @@ def test_elbo_step_benchmark(tmp_path):
     assert (tmp_path / "elbo_step.png").stat().st_size > 5_000
 
 
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py (written for CUDA) runs on the CPU with tiny sizes; every backend agrees with dense."""
+    result, stdout = _run(
+        "benchmarks/gpu.py",
+        *("--quick", "--device", "cpu", "--sizes", "2000", "--repeats", "1", "--batch", "16"),
+        *("--svi-steps", "2", "--full-sizes", "500", "--no-progress", "--out", str(tmp_path)),
+    )
+    assert result["device"] == "cpu" and result["device_name"].startswith("cpu")
+    for key in ("ms_2000", "mpairs_per_s_2000", "speedup_vs_dense_2000", "svi_inbatch_steps_per_s", "svi_full_steps_per_s_500"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert "normaliser_ms_1e6" not in result  # only reported when N = 1e6 ran
+    for name, row in result["backends"].items():
+        tolerance = 1e-3 if "fp32" in name else 1e-10
+        assert row["value_rel_err"] <= tolerance and row["grad_rel_err"] <= tolerance, (name, row)
+    assert (tmp_path / "gpu.png").stat().st_size > 5_000
+
+
 def test_script_parser_defaults_and_emit(capsys):
     parser = script_parser("demo", script="examples/some_script.py", steps_help="steps")
     args = parser.parse_args([])
