@@ -26,7 +26,15 @@ from .guides_structured import ConjugateGaussianGuide
 from .likelihood import RecognitionLikelihood, observe
 from .metrics import cluster_accuracy, linear_r2, mcc
 from .normalisers import gaussian_logsumexp, score_logsumexp
-from .priors import ContrastivePrior, GaussianProcessPrior, LinearGaussianStateSpacePrior, MarginalPrior
+from .priors import (
+    CategoricalPrior,
+    ContrastivePrior,
+    GaussianProcessPrior,
+    HMMPrior,
+    LinearGaussianStateSpacePrior,
+    MarginalPrior,
+    MixturePrior,
+)
 from .recognition import (
     CategoricalRecognition,
     DeltaRecognition,
@@ -43,6 +51,7 @@ __all__ = [
     "AnisotropicRBFCoupling",
     "BilinearCoupling",
     "CategoricalFactor",
+    "CategoricalPrior",
     "CategoricalRecognition",
     "Checkpoint",
     "ConjugateGaussianGuide",
@@ -58,12 +67,14 @@ __all__ = [
     "GaussianFactor",
     "GaussianProcessPrior",
     "GaussianRecognition",
+    "HMMPrior",
     "InBatchSupport",
     "IndexedBankSupport",
     "LaplaceCoupling",
     "LinearGaussianStateSpacePrior",
     "MarginalPrior",
     "MemoryBankSupport",
+    "MixturePrior",
     "RBFCoupling",
     "RPM_ELBO",
     "Recognition",

@@ -137,10 +137,28 @@ class SequenceSupport:
 
         ``latent`` has the batch shape of the sequence plate (or a trailing 1 when enumerated);
         ``sequences`` are the plate's (subsample) indices, default ``arange(N)``.
+
+        :raises ValueError: if the latent's sequence dimension differs from the number of observed
+            sequences (e.g. views with different numbers or lengths of series).
         """
         index = self.index(t, sequences)
         factors = self.support(t)
-        if index.numel() == 1 and latent.dim() == len(factors.event_shape):
+        event_dim = len(factors.event_shape)
+        if isinstance(latent, torch.Tensor) and latent.dim() > event_dim and index.dim() == 1:
+            batch = tuple(latent.shape[: latent.dim() - event_dim])
+            if batch[-1] not in (1, index.shape[0]):  # a trailing 1 broadcasts (an enumerated latent)
+                if sequences is not None:
+                    raise ValueError(
+                        f"observe('{name}'): sequences has length {index.shape[0]} but the latent has {batch[-1]} "
+                        f"sequences (batch shape {batch})"
+                    )
+                raise ValueError(
+                    f"observe('{name}'): the latent has {batch[-1]} sequences (batch shape {batch}) but factors holds "
+                    f"N={self.num_sequences} sequences of num_steps={self.num_steps} frames; every view must have the "
+                    "same number of sequences of the same length (mismatched series lengths between views?), or "
+                    "pass sequences= (the batch's sequence indices)"
+                )
+        if index.numel() == 1 and latent.dim() == event_dim:
             index = index.reshape(())  # a latent without batch dims (e.g. a size-1 plate squeezed by infer_discrete)
         return observe(name, factors, latent, index=index)
 

@@ -72,10 +72,13 @@ def _check_probs(value: object, name: str, shape: tuple[int, ...], atol: float =
         raise ValueError(f"{name} must be non-negative, got min {value.min().item():.3g}")
     sums = value.sum(-1)
     if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol, rtol=0)):
-        what = "every row" if value.dim() == 2 else "it"
-        raise ValueError(
-            f"{name} must be stochastic ({what} summing to 1), got sums in [{sums.min().item():.4g}, {sums.max().item():.4g}]"
-        )
+        if value.dim() == 2:
+            bad = int((sums - 1).abs().argmax())
+            raise ValueError(
+                f"{name} must be stochastic (every row summing to 1), got row sums in "
+                f"[{sums.min().item():.4g}, {sums.max().item():.4g}] (worst: row {bad})"
+            )
+        raise ValueError(f"{name} must be stochastic (a probability vector summing to 1), got sum {sums.item():.4g}")
     return value
 
 
