@@ -13,6 +13,7 @@ from .identifiability import (
     uniform_sphere,
     von_mises_fisher,
 )
+from .moving_balls import ball_trajectories, moving_balls, render_balls
 from .synthetic import two_view_gaussian
 from .timeseries import bouncing_ball_poisson, linear_gaussian_ssm
 
@@ -20,10 +21,13 @@ __all__ = [
     "InvertibleMLP",
     "anisotropic_sphere",
     "anisotropic_sphere_pairs",
+    "ball_trajectories",
     "bimodal_precision",
     "bouncing_ball_poisson",
     "box_laplace_pairs",
     "linear_gaussian_ssm",
+    "moving_balls",
+    "render_balls",
     "sphere_vmf_pairs",
     "truncated_laplace",
     "two_view_gaussian",
