@@ -28,7 +28,7 @@ from torch.distributions.utils import lazy_property
 
 from .._validation import check_same_device_and_dtype, check_tensor
 from ..couplings import Coupling
-from ..factors import Factor, use_dense
+from ..factors import CategoricalFactor, Factor, use_dense
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
 
@@ -114,7 +114,13 @@ class MarginalPrior(EmpiricalMarginalPrior):
 
     def log_prob_excluding_marginal(self, value: torch.Tensor) -> torch.Tensor:
         shape = value.shape[: value.dim() - len(self.event_shape)]
-        return value.new_full(shape, -math.log(self.num_support))
+        # in the factors' floating dtype: integer values (discrete latents) must not truncate -log M
+        factors = self.marginal_factors
+        if value.is_floating_point():
+            dtype = value.dtype
+        else:
+            dtype = (factors.logits if isinstance(factors, CategoricalFactor) else factors.mean).dtype
+        return torch.full(shape, -math.log(self.num_support), dtype=dtype, device=value.device)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
