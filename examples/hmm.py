@@ -48,7 +48,6 @@ with ``accuracy``, ``accuracy_train``, ``accuracy_frames`` (per-frame :math:`\ar
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -60,7 +59,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition, recognition_cache
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
 from pyro_rpm.metrics import cluster_accuracy
 from pyro_rpm.posterior import map_path
 from pyro_rpm.priors.discrete import HMMPrior
@@ -244,22 +243,8 @@ def run(args) -> dict[str, Any]:
 
 
 def _figures(out: str, losses, A_true, A_learned, s_test, path_test) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("-log p(X) per frame (nats)")
-    ax.set_title("exact RPM-HMM loss (TraceEnum_ELBO)")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "loss.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    plt = pyplot()
+    paths = [loss_figure(losses, out, "loss.png", ylabel="-log p(X) per frame (nats)", title="exact RPM-HMM loss (TraceEnum_ELBO)")]
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
     for ax, A, title in zip(axes, (A_true, A_learned), ("true", "learned (states matched)")):
@@ -272,10 +257,7 @@ def _figures(out: str, losses, A_true, A_learned, s_test, path_test) -> list[str
         ax.set_title(f"transition matrix: {title}")
         ax.set_xlabel("to state")
         ax.set_ylabel("from state")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "transitions.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "transitions.png"))
 
     n = min(200, len(s_test))
     fig, ax = plt.subplots(figsize=(9, 3))
@@ -284,10 +266,7 @@ def _figures(out: str, losses, A_true, A_learned, s_test, path_test) -> list[str
     ax.set_xlabel("t (held-out trajectory)")
     ax.set_ylabel("state / digit")
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "path.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "path.png"))
     return paths
 
 

@@ -41,7 +41,6 @@ and the settings.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -53,7 +52,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition, RecognitionGuide, observe, recognition_cache
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
 from pyro_rpm.metrics import cluster_accuracy
 from pyro_rpm.posterior import discrete_marginals
 from pyro_rpm.priors.discrete import CategoricalPrior
@@ -185,22 +184,8 @@ def run(args) -> dict[str, Any]:
 
 
 def _figures(out: str, losses, mapping, pred_te, y_te, X_te) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("-log p(x1, x2) per pair (nats)")
-    ax.set_title("exact discrete RPM loss (TraceEnum_ELBO)")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "loss.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    plt = pyplot()
+    paths = [loss_figure(losses, out, "loss.png", ylabel="-log p(x1, x2) per pair (nats)", title="exact discrete RPM loss (TraceEnum_ELBO)")]
 
     matched = np.asarray(mapping)[pred_te.numpy()]
     table = np.zeros((K, K), dtype=int)
@@ -216,10 +201,7 @@ def _figures(out: str, losses, mapping, pred_te, y_te, X_te) -> list[str]:
     ax.set_xlabel("cluster (matched to a digit on the training images)")
     ax.set_ylabel("true digit")
     ax.set_title("held-out images")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "confusion.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "confusion.png"))
 
     per_row = 12
     fig, axes = plt.subplots(K, per_row, figsize=(per_row * 0.6, K * 0.6))
@@ -231,9 +213,7 @@ def _figures(out: str, losses, mapping, pred_te, y_te, X_te) -> list[str]:
             if i < len(members):
                 ax.imshow(X_te[members[i], 0].numpy(), cmap="gray_r")
     fig.suptitle("held-out images by cluster (rows: clusters matched to digits 0-9)", fontsize=8)
-    paths.append(os.path.join(out, "clusters.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out, "clusters.png"))
     return paths
 
 
