@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,15 @@ _COUNTER = itertools.count()
 
 
 def _positive_param(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> nn.Parameter:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     check_positive(value, name)
-    return nn.Parameter(torch.log(torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()))
+    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    try:
+        tensor = tensor.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a scalar or have shape {shape}, got shape {tuple(tensor.shape)}") from None
+    return nn.Parameter(torch.log(tensor.clone()))
 
 
 class Coupling(nn.Module):
@@ -124,9 +132,11 @@ class BilinearCoupling(Coupling):
 
     def __init__(self, dim: int, dim2: int | None = None, *, learn: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
-        if not isinstance(dim, int) or dim < 1:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         dim2 = dim if dim2 is None else dim2
+        if isinstance(dim2, bool) or not isinstance(dim2, int) or dim2 < 1:
+            raise ValueError(f"dim2 must be a positive int or None, got {dim2!r}")
         weight = torch.eye(dim, dim2)
         if learn:
             self.weight = nn.Parameter(weight)

@@ -49,7 +49,7 @@ from .factors import GaussianFactor
 from .guides import TiedPosterior, _diag_normal
 from .likelihood import RecognitionLikelihood
 from .priors.empirical import EmpiricalMarginalPrior
-from .recognition import recognition_cache
+from .recognition import param_store_rollback, recognition_cache
 
 __all__ = ["RPM_ELBO"]
 
@@ -289,9 +289,19 @@ class RPM_ELBO(Trace_ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """Estimate of :math:`-\\mathcal L` (a float), without gradients."""
         elbo = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            particle = torch_item(model_trace.log_prob_sum()) - torch_item(guide_trace.log_prob_sum())
-            if not math.isfinite(particle):
-                self._raise_non_finite(model_trace, guide_trace)
-            elbo += particle / self.num_particles
+        with param_store_rollback():
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                particle = torch_item(model_trace.log_prob_sum()) - torch_item(guide_trace.log_prob_sum())
+                if not math.isfinite(particle):
+                    self._raise_non_finite(model_trace, guide_trace)
+                elbo += particle / self.num_particles
         return -elbo
+
+    # A failing step (bad input, a non-finite term) leaves Pyro's parameter store as it was.
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        with param_store_rollback():
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        with param_store_rollback():
+            return super().loss_and_grads(model, guide, *args, **kwargs)

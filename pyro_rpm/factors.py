@@ -23,9 +23,10 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
+from torch.distributions import Distribution
 from torch.distributions.utils import broadcast_all
 
-from ._validation import check_positive
+from ._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
 from .normalisers import BACKENDS, DENSE_MAX_PAIRS, gaussian_logsumexp
 from .pairwise import gaussian_pairwise_log_prob
 
@@ -106,11 +107,22 @@ class GaussianFactor(Factor):
     has_rsample = True
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, *, validate_args: bool | None = None) -> None:
+        check_tensor(loc, "loc")
         if loc.dim() < 1:
             raise ValueError(
                 f"loc must have at least one dimension (the latent dimension), got shape {tuple(loc.shape)}"
             )
-        self.loc, self.scale = broadcast_all(loc, scale)
+        if isinstance(scale, torch.Tensor):
+            check_same_device_and_dtype(loc, "loc", scale, "scale")
+        try:
+            self.loc, self.scale = broadcast_all(loc, scale)
+        except (RuntimeError, ValueError) as error:
+            shape = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise ValueError(f"scale of shape {shape} does not broadcast to loc of shape {tuple(loc.shape)}") from error
+        validate = Distribution._validate_args if validate_args is None else bool(validate_args)
+        if validate and self.loc.device.type != "meta":  # meta tensors hold no values to check
+            check_finite(self.loc, "loc")
+            _check_scale(self.scale)
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -204,6 +216,16 @@ class GaussianFactor(Factor):
         return GaussianFactor(eta1 / precision, precision.rsqrt())
 
 
+def _check_scale(scale: torch.Tensor) -> None:
+    """Raise :class:`ValueError` unless every scale is finite and strictly positive (torch's own check lets inf pass)."""
+    bad = ~(torch.isfinite(scale) & (scale > 0))
+    if bool(bad.any()):
+        raise ValueError(
+            f"scale must be finite and strictly positive, got {int(bad.sum())} invalid values "
+            f"(first: {scale[bad][0].item():.3g}) in a tensor of shape {tuple(scale.shape)}"
+        )
+
+
 class DeltaFactor(GaussianFactor):
     r"""A deterministic encoder :math:`\delta(z - e(x_m))`, smoothed by a fixed :math:`\varepsilon`-Gaussian.
 
@@ -228,9 +250,10 @@ class DeltaFactor(GaussianFactor):
         sample_noise: bool = False,
         validate_args: bool | None = None,
     ) -> None:
+        check_tensor(loc, "loc")
         if isinstance(eps, torch.Tensor):
             eps = float(eps)
-        if not isinstance(eps, (int, float)):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise TypeError(f"eps must be a float, got {type(eps).__name__}")
         check_positive(eps, "eps")
         self.eps = float(eps)

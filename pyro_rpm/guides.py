@@ -33,13 +33,15 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from ._guide_plan import locate, make_plan, planning_enabled
 from ._private_run import PrivateModelRun, sample_in_model_plates
 from .factors import CategoricalFactor, GaussianFactor, gaussian_log_partition
 from .likelihood import RecognitionLikelihood
-from .recognition import record_recognition_calls
+from .recognition import param_store_rollback, record_recognition_calls
 
 __all__ = ["RecognitionGuide", "TiedPosterior"]
 
@@ -157,6 +159,46 @@ def _depends_on(tensors: tuple[torch.Tensor, ...], leaves: list[torch.Tensor]) -
     return any(id(t) in targets for t in tensors)
 
 
+class _UniqueSiteNames(Messenger):
+    """Raises on a second sample site of one name during the private model run.
+
+    Pyro's trace refuses duplicate names, but the private run stops every message before any
+    trace sees it, and would silently keep the last site of the name only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or isinstance(msg["fn"], _Subsample):
+            return
+        if msg["name"] in self.names:
+            raise ValueError(
+                f"the model has two sample sites named '{msg['name']}' (e.g. two observe('{msg['name']}', ...) "
+                "calls claiming one view); give every site its own name"
+            )
+        self.names.add(msg["name"])
+
+
+def _check_views_claimed_once(links: dict[str, list[str]], sites: dict[str, dict]) -> None:
+    """Raise if two likelihood sites observe one latent through the same factors at the same indices."""
+    for latent, lik_names in links.items():
+        for i, second in enumerate(lik_names):
+            for first in lik_names[:i]:
+                a, b = sites[first], sites[second]
+                if (
+                    a["fn"].factors is b["fn"].factors
+                    and a["value"].shape == b["value"].shape
+                    and torch.equal(a["value"], b["value"])
+                ):
+                    raise ValueError(
+                        f"likelihood sites '{first}' and '{second}' both observe latent '{latent}' through the same "
+                        "factors at the same support indices: one view claimed twice would count its evidence "
+                        "twice; observe each view once"
+                    )
+
+
 def _enumerated(site: dict) -> bool:
     """Whether a model site is a latent that TraceEnum_ELBO enumerates (sums out) in the model."""
     return not site["is_observed"] and site["infer"].get("enumerate") in ("parallel", "sequential")
@@ -206,7 +248,7 @@ class RecognitionGuide(nn.Module):
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
-        with PrivateModelRun(track_dependence=True) as discovery:
+        with PrivateModelRun(track_dependence=True) as discovery, _UniqueSiteNames():
             self.model(*args, **kwargs)
         by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
         links: dict[str, list[str]] = OrderedDict(
@@ -231,6 +273,7 @@ class RecognitionGuide(nn.Module):
                 "RecognitionGuide cannot tie them; observe them with pyro_rpm.observe(...) or give them "
                 "another guide"
             )
+        _check_views_claimed_once(links, discovery.sites)
         return discovery, links
 
     # ------------------------------------------------------------------ posteriors
@@ -325,7 +368,7 @@ class RecognitionGuide(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         if self._plan is not None and planning_enabled():
             return self._planned_forward(args, kwargs)
-        with record_recognition_calls() as calls:
+        with record_recognition_calls() as calls, param_store_rollback():
             discovery, links = self._discover(args, kwargs)
         if not self._plan_disabled and planning_enabled():
             prior_free = self._prior_free(links, discovery.sites)

@@ -218,7 +218,12 @@ def observe(
     :param int chunk_size: support points per chunk for the streamed/fused backends.
     :returns: the observed indices.
     """
-    likelihood = RecognitionLikelihood(factors, latent, backend=backend, chunk_size=chunk_size)
+    try:
+        likelihood = RecognitionLikelihood(factors, latent, backend=backend, chunk_size=chunk_size)
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(f"observe('{name}'): {error}") from None  # the same error, naming the site
     if index is None:
         batch = likelihood.batch_shape
         # A trailing batch size of 1 broadcasts against the plate (e.g. an enumerated discrete latent).

@@ -31,6 +31,7 @@ __all__ = [
     "GaussianRecognition",
     "DeltaRecognition",
     "CategoricalRecognition",
+    "param_store_rollback",
     "recognition_cache",
     "register_module",
 ]
@@ -75,6 +76,27 @@ def register_module(name: str, module: nn.Module) -> None:
     if id(module) not in registered:
         pyro.module(name, module)
         registered.add(id(module))
+
+
+@contextlib.contextmanager
+def param_store_rollback() -> Iterator[None]:
+    """On an exception inside this context, remove the parameters it added to Pyro's parameter store.
+
+    A model, guide or loss that fails (bad input found after some modules were registered) then
+    leaves the store as it was: no half-registered names that a later ``pyro.module`` of another
+    module would silently pick up. Values of parameters that existed before are not touched here
+    (nothing is written to them before a loss is computed).
+    """
+    store = pyro.get_param_store()
+    before = len(store)
+    try:
+        yield
+    except BaseException:
+        names = list(store.keys())
+        if len(names) > before:  # new names are appended: the store is an insertion-ordered dict
+            for name in names[before:]:
+                del store[name]
+        raise
 
 
 def _inverse_softplus(value: float) -> float:
@@ -129,22 +151,24 @@ class Recognition(nn.Module):
             self._log_call(factor, x)
             return factor
         check_tensor(x, f"inputs to recognition '{self.name}'")
-        if self.validate:
+        # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
+        if self.validate and x.device.type != "meta":
             check_finite(x, f"inputs to recognition '{self.name}'")
-        register_module(self.name, self)
         try:
             output = self.net(x)
         except RuntimeError as error:
             self._explain_mismatch(x, error)
             raise
         expected = self._output_size()
-        if output.dim() < 1 or output.shape[-1] != expected:
+        if not isinstance(output, torch.Tensor) or output.dim() < 1 or output.shape[-1] != expected:
+            got = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(
-                f"the network of recognition '{self.name}' must output a last dimension of size "
-                f"{expected}, got shape {tuple(output.shape)}"
+                f"the network of recognition '{self.name}' must output a last dimension of size {expected}, got {got}"
             )
-        if self.validate:
+        if self.validate and output.device.type != "meta":
             check_finite(output, f"network output of recognition '{self.name}'")
+        # Registered only once the call has succeeded, so a failing call leaves Pyro's parameter store as it was.
+        register_module(self.name, self)
         factor = self._factor(output)
         if cache is not None:
             cache[key] = (x, factor)

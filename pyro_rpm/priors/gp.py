@@ -389,6 +389,11 @@ class GaussianProcessPrior(nn.Module):
         return GaussianProcessSequence(loc.expand(delta.shape), cov_factor=W, cov_diag=delta)
 
     def forward(self, name: str, times: torch.Tensor | int) -> torch.Tensor:
-        """``pyro.sample(name, self.distribution(times))``, registering the prior's parameters."""
+        """``pyro.sample(name, self.distribution(times))``, registering the prior's parameters.
+
+        The times are checked before anything is registered, so bad input leaves Pyro's parameter
+        store unchanged.
+        """
+        times = check_times(times)
         register_module(self.name, self)
         return pyro.sample(name, self.distribution(times))

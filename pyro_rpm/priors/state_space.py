@@ -528,11 +528,11 @@ class LinearGaussianStateSpacePrior(nn.Module):
             for t in pyro.markov(range(1, T)):
                 z = pyro.sample(f"{name}_{t}", MultivariateNormal(A z, Q))
         """
-        register_module(self.name, self)
-        if not markov:
-            return pyro.sample(name, self.distribution(num_steps))
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        register_module(self.name, self)  # after the check: bad input leaves the parameter store unchanged
+        if not markov:
+            return pyro.sample(name, self.distribution(num_steps))
         A, S = self.transition_matrix, self.noise_scale_tril
         D = self.latent_dim
         eye = torch.eye(D, dtype=A.dtype, device=A.device)
