@@ -18,11 +18,25 @@ __all__ = ["main"]
 SCRIPTS = (
     ("examples/two_views.py", "two noisy nonlinear views of a 2-D latent; linear R^2 of the recovered latent"),
     ("examples/infonce_identity.py", "checks numerically that the RPM loss / B equals InfoNCE + log B"),
+    ("examples/identifiability.py", "Zimmermann et al.: a matched conditional prior inverts the generator"),
+    ("examples/anisotropic.py", "Rusak et al. (AnInfoNCE): a learned anisotropic prior recovers the precisions"),
+    ("examples/moving_balls.py", "Aitchison & Ganev: RBF prior vs bilinear critic on a video of three balls"),
+    ("examples/optimal_prior_mi.py", "the ELBO under the optimal prior tracks the mutual information"),
+    ("examples/peer_supervision.py", "discrete RPM: clusters digits from same-digit pairs (exact enumeration)"),
+    ("examples/hmm.py", "RPM-HMM: a Markov chain of digit images, Viterbi path accuracy"),
+    ("examples/gp_time_series.py", "RP-GPFA: Gaussian-process prior on Poisson spike counts"),
+    ("examples/state_space.py", "RP-GSSM: linear-Gaussian state-space prior, Kalman-smoothed guide"),
+    ("examples/tutorial_markov_prior.py", "the tutorial: a Markov prior written from scratch"),
+    ("examples/distributed_two_views.py", "the two-view RPM on several processes (torch.distributed)"),
     ("benchmarks/elbo_step.py", "time of one RPM_ELBO step against hand-written torch InfoNCE"),
+    ("benchmarks/normaliser.py", "exact normaliser backends: time, memory and Mpairs/s up to N = 1e6"),
+    ("benchmarks/full_support.py", "SVI steps/s with the exact whole-data support"),
+    ("benchmarks/distributed.py", "1 vs 2 gloo processes: throughput and loss agreement"),
+    ("benchmarks/gpu.py", "normaliser and end-to-end SVI on a GPU (or the CPU)"),
 )
 
 _EPILOG = "scripts in a clone of the repository (each takes --quick --seed --device --out):\n" + "\n".join(
-    f"  python {path:<30} {description}" for path, description in SCRIPTS
+    f"  python {path:<36} {description}" for path, description in SCRIPTS
 )
 
 
