@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Deterministic synthetic data sets (seeded, no downloads), each returned with its true latents."""
 
+from .gaussian_pairs import correlated_gaussian_pairs, gaussian_pairs_mi, rho_for_mi
 from .identifiability import (
     InvertibleMLP,
     anisotropic_sphere,
@@ -25,9 +26,12 @@ __all__ = [
     "bimodal_precision",
     "bouncing_ball_poisson",
     "box_laplace_pairs",
+    "correlated_gaussian_pairs",
+    "gaussian_pairs_mi",
     "linear_gaussian_ssm",
     "moving_balls",
     "render_balls",
+    "rho_for_mi",
     "sphere_vmf_pairs",
     "truncated_laplace",
     "two_view_gaussian",
