@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
+from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import bouncing_ball_poisson
 from pyro_rpm.guides_structured import ConjugateGaussianGuide
 from pyro_rpm.priors.gp import GaussianProcessPrior
@@ -195,13 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--kernel", default="rbf", choices=["rbf", "matern12", "matern32", "matern52"])
     parser.add_argument("--pooling", default="ergodic", choices=list(POOLINGS), help="support set (default ergodic)")
     parser.add_argument("--inducing", type=int, default=None, help="M inducing times: the sparse GP (default: dense)")
-    args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as error:
-        parser.error(str(error))
-    emit(result)
-    return result
+    return run_script(parser, run, argv)
 
 
 if __name__ == "__main__":

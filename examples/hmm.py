@@ -59,7 +59,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition, recognition_cache
-from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
+from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.metrics import cluster_accuracy
 from pyro_rpm.posterior import map_path
 from pyro_rpm.priors.discrete import HMMPrior
@@ -289,13 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dropout", type=float, default=DROPOUT, help=f"dropout before the last layer (default {DROPOUT})"
     )
-    args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as error:
-        parser.error(str(error))
-    emit(result)
-    return result
+    return run_script(parser, run, argv)
 
 
 if __name__ == "__main__":

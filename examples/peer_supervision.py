@@ -52,7 +52,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition, RecognitionGuide, observe, recognition_cache
-from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
+from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.metrics import cluster_accuracy
 from pyro_rpm.posterior import discrete_marginals
 from pyro_rpm.priors.discrete import CategoricalPrior
@@ -226,13 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps_help=f"SVI steps (default {FULL_STEPS}; {QUICK_STEPS} with --quick)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="pairs per step B, the support (default 256)")
-    args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as error:
-        parser.error(str(error))
-    emit(result)
-    return result
+    return run_script(parser, run, argv)
 
 
 if __name__ == "__main__":

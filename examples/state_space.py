@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import emit, loss_figure, progress, pyplot, save_figure, script_parser, setup
+from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import linear_gaussian_ssm
 from pyro_rpm.guides_structured import ConjugateGaussianGuide
 from pyro_rpm.priors.state_space import LinearGaussianStateSpacePrior
@@ -194,13 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step B (default 32)")
     parser.add_argument("--views", type=int, default=2, help="number of views J (default 2)")
     parser.add_argument("--pooling", default="data", choices=list(POOLINGS), help="support set (default data)")
-    args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as error:
-        parser.error(str(error))
-    emit(result)
-    return result
+    return run_script(parser, run, argv)
 
 
 if __name__ == "__main__":

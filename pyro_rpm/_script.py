@@ -17,7 +17,7 @@ from typing import Any
 import pyro
 import torch
 
-__all__ = ["emit", "loss_figure", "progress", "pyplot", "save_figure", "script_parser", "setup"]
+__all__ = ["emit", "loss_figure", "progress", "pyplot", "run_script", "save_figure", "script_parser", "setup"]
 
 
 def script_parser(
@@ -77,6 +77,23 @@ def progress(iterable_or_total: Iterable[Any] | int, desc: str, disable: bool = 
     if isinstance(iterable_or_total, int):
         iterable_or_total = range(iterable_or_total)
     return tqdm(iterable_or_total, desc=desc, disable=disable, mininterval=0.5, leave=False)
+
+
+def run_script(
+    parser: argparse.ArgumentParser, run: Any, argv: list[str] | None = None
+) -> dict[str, Any]:
+    """Parse ``argv``, call ``run(args)``, print its result with :func:`emit` and return it.
+
+    A :class:`ValueError` from ``run`` (bad settings found while building the problem) becomes a
+    usage error: ``parser.error`` prints it and exits with status 2.
+    """
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except ValueError as error:
+        parser.error(str(error))
+    emit(result)
+    return result
 
 
 def emit(result: dict[str, Any]) -> None:
