@@ -48,6 +48,7 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
+from _common import sync
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, BilinearCoupling, ContrastivePrior, DeltaRecognition, MarginalPrior, RecognitionGuide
@@ -65,11 +66,6 @@ def _encoder() -> nn.Module:
     return nn.Sequential(
         nn.Linear(OBS_DIM, HIDDEN), nn.SiLU(), nn.Linear(HIDDEN, HIDDEN), nn.SiLU(), nn.Linear(HIDDEN, EMBED_DIM)
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_torch_step(net1: nn.Module, net2: nn.Module, weight: torch.Tensor, x1, x2):
@@ -157,11 +153,11 @@ def time_sides(steps: dict, rounds: int, block: int, warmup: int, device, desc: 
     for r in progress(rounds, desc, disable=disable):
         for side in order[r % len(order) :] + order[: r % len(order)]:
             step = steps[side]
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(block):
                 step()
-            _sync(device)
+            sync(device)
             per_round[side].append(1e3 * (time.perf_counter() - start) / block)
     return {side: statistics.median(ms) for side, ms in per_round.items()}
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -43,36 +42,13 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
+from _common import reset_peak, rss_mb, tag
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
 from pyro_rpm._script import emit, progress, script_parser, setup
 from pyro_rpm.datasets import two_view_gaussian
 from pyro_rpm.support import FullDataSupport
-
-
-def _label(n: int) -> str:
-    exponent = round(math.log10(n))
-    return f"1e{exponent}" if 10**exponent == n else str(n)
-
-
-def _status() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def measure(mode: str, n: int, args, device: torch.device) -> dict:
@@ -102,8 +78,8 @@ def measure(mode: str, n: int, args, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    have_proc = _reset_peak()
-    before = _status()["VmRSS"] if have_proc else 0.0
+    have_proc = reset_peak()
+    before = rss_mb()[0] if have_proc else 0.0
     losses = []
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
@@ -114,7 +90,7 @@ def measure(mode: str, n: int, args, device: torch.device) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = _status()["VmHWM"] - before if have_proc else float("nan")
+        peak = rss_mb()[1] - before if have_proc else float("nan")
     return {
         "steps_per_s": args.steps / elapsed,
         "ms_per_step": 1e3 * elapsed / args.steps,
@@ -178,10 +154,10 @@ def save_figure(out: str, result: dict, sizes: list[int]) -> str:
     os.makedirs(out, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for prefix, label in (("", "FullDataSupport (GradCache)"), ("naive_", "r(x_all) with autograd")):
-        ns = [n for n in sizes if f"{prefix}steps_per_s_{_label(n)}" in result]
+        ns = [n for n in sizes if f"{prefix}steps_per_s_{tag(n)}" in result]
         if ns:
-            axes[0].plot(ns, [result[f"{prefix}steps_per_s_{_label(n)}"] for n in ns], marker="o", label=label)
-            axes[1].plot(ns, [result[f"{prefix}peak_mb_{_label(n)}"] for n in ns], marker="o", label=label)
+            axes[0].plot(ns, [result[f"{prefix}steps_per_s_{tag(n)}"] for n in ns], marker="o", label=label)
+            axes[1].plot(ns, [result[f"{prefix}peak_mb_{tag(n)}"] for n in ns], marker="o", label=label)
     axes[0].set_ylabel("SVI steps / s")
     axes[1].set_ylabel("peak extra memory (MB)")
     for ax in axes:
@@ -225,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         for key, value in row.items():
             if prefix and key.startswith("loss"):
                 continue
-            result[f"{prefix}{key}_{_label(n)}"] = value
+            result[f"{prefix}{key}_{tag(n)}"] = value
         print(
             f"{mode:9s} N={n:>8d}: {row['steps_per_s']:.3f} steps/s, {row['ms_per_step']:.0f} ms/step "
             f"({row['cpu_ms_per_step']:.0f} ms CPU), "
@@ -234,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
     if args.breakdown:
         parts = breakdown(max(sizes), args, device)
-        result.update({f"breakdown_{key}_{_label(max(sizes))}": value for key, value in parts.items()})
+        result.update({f"breakdown_{key}_{tag(max(sizes))}": value for key, value in parts.items()})
         print(f"one view at N={max(sizes)} (CPU s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     result["figure"] = save_figure(args.out, result, sizes)
     emit(result)

@@ -43,6 +43,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import full_support  # noqa: E402
 import normaliser  # noqa: E402
+from _common import sync, tag  # noqa: E402
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe  # noqa: E402
 from pyro_rpm._script import emit, progress, pyplot, save_figure, script_parser, setup  # noqa: E402
@@ -55,19 +56,14 @@ NAMES = tuple(BACKENDS)
 REFERENCE = "dense"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _peak_mb(name: str, z, loc, scale, device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    _sync(device)
+    sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     normaliser._step(z, loc, scale, *BACKENDS[name])
-    _sync(device)
+    sync(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
@@ -82,10 +78,10 @@ def time_normaliser(n: int, args, device: torch.device) -> dict[str, dict]:
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.repeats):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             normaliser._step(z, loc, scale, *BACKENDS[name])
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     ref_value, ref_grad = outputs[REFERENCE]
     rows = {}
@@ -125,11 +121,11 @@ def svi_inbatch_steps_per_s(args, device: torch.device) -> float:
     svi = pyro.infer.SVI(model, RecognitionGuide(model), pyro.optim.Adam({"lr": 3e-3}), RPM_ELBO())
     for _ in range(5):
         svi.step(x1, x2)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(args.svi_steps):
         svi.step(x1, x2)
-    _sync(device)
+    sync(device)
     return args.svi_steps / (time.perf_counter() - start)
 
 
@@ -148,6 +144,17 @@ def _figure(out: str, rows: dict[tuple[str, int], dict], sizes: list[int], devic
     return save_figure(fig, out, "gpu.png")
 
 
+def _parse_sizes(parser: argparse.ArgumentParser, flag: str, text: str, minimum: int) -> list[int]:
+    """Comma-separated sizes such as ``1e4,1e5``, each at least ``minimum`` (else a usage error)."""
+    try:
+        sizes = [int(float(item)) for item in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag} must be comma-separated numbers such as 1e4,1e5, got {text!r}")
+    if min(sizes) < minimum:
+        parser.error(f"{flag} must all be >= {minimum}, got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = script_parser(
         __doc__.split("\n")[0],
@@ -164,19 +171,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.batch < 2 or args.dim < 1:
         parser.error("--batch must be >= 2 and --dim >= 1")
+    for flag, value in (("--repeats", args.repeats), ("--svi-steps", args.svi_steps)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     args.repeats = args.repeats or (3 if args.quick else 20)
     args.svi_steps = args.svi_steps or (20 if args.quick else 100)
+    sizes = _parse_sizes(parser, "--sizes", args.sizes or ("1e4,1e5" if args.quick else "1e4,1e5,1e6"), 1)
+    full_sizes = _parse_sizes(parser, "--full-sizes", args.full_sizes or ("1e4" if args.quick else "1e5,1e6"), args.batch)
     device = setup(args)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thread)"
-    sizes = [int(float(s)) for s in (args.sizes or ("1e4,1e5" if args.quick else "1e4,1e5,1e6")).split(",")]
     auto = "auto"
     result: dict = {"device": str(device), "device_name": device_name, "batch": args.batch, "dim": args.dim}
     rows: dict[tuple[str, int], dict] = {}
     for n in progress(sizes, "normaliser sizes", disable=args.no_progress):
         for name, row in time_normaliser(n, args, device).items():
             rows[name, n] = row
-            print(f"N={normaliser.tag(n):>4} {name:14s} {row['ms']:9.3f} ms  {row['mpairs_per_s']:8.1f} Mpairs/s", flush=True)
-        t = normaliser.tag(n)
+            print(f"N={tag(n):>4} {name:14s} {row['ms']:9.3f} ms  {row['mpairs_per_s']:8.1f} Mpairs/s", flush=True)
+        t = tag(n)
         result[f"ms_{t}"] = rows[auto, n]["ms"]
         result[f"mpairs_per_s_{t}"] = rows[auto, n]["mpairs_per_s"]
         result[f"peak_mb_{t}"] = rows[auto, n]["peak_mb"]
@@ -184,15 +195,15 @@ def main(argv: list[str] | None = None) -> dict:
     if 10**6 in sizes:
         result["normaliser_ms_1e6"] = rows[auto, 10**6]["ms"]
         result["meets_2ms_target"] = bool(result["normaliser_ms_1e6"] <= 2.0)
-    result["backends"] = {f"{name}_{normaliser.tag(n)}": row for (name, n), row in rows.items()}
+    result["backends"] = {f"{name}_{tag(n)}": row for (name, n), row in rows.items()}
     result["svi_inbatch_steps_per_s"] = svi_inbatch_steps_per_s(args, device)
     print(f"SVI in-batch B={args.batch}: {result['svi_inbatch_steps_per_s']:.1f} steps/s", flush=True)
     full_args = argparse.Namespace(dim=2, seed=args.seed, chunk=8192, batch=args.batch, steps=3 if args.quick else 10)
-    for n in [int(float(s)) for s in (args.full_sizes or ("1e4" if args.quick else "1e5,1e6")).split(",")]:
+    for n in full_sizes:
         pyro.clear_param_store()
         row = full_support.measure("gradcache", n, full_args, device)
-        result[f"svi_full_steps_per_s_{normaliser.tag(n)}"] = row["steps_per_s"]
-        print(f"SVI whole data N={normaliser.tag(n)}: {row['steps_per_s']:.2f} steps/s", flush=True)
+        result[f"svi_full_steps_per_s_{tag(n)}"] = row["steps_per_s"]
+        print(f"SVI whole data N={tag(n)}: {row['steps_per_s']:.2f} steps/s", flush=True)
     result["figure"] = _figure(args.out, rows, sizes, device_name)
     emit(result)
     return result

@@ -47,6 +47,7 @@ import sys
 import time
 
 import torch
+from _common import reset_peak, rss_mb, sync, tag
 
 from pyro_rpm._script import emit, progress, script_parser, setup
 from pyro_rpm.normalisers import gaussian_logsumexp, resolve_backend
@@ -61,32 +62,6 @@ BACKENDS = {
     "fused_fp32": ("fused", torch.float32),
 }
 QUICK_LARGE = ("dense", "streamed", "fused")  # backends run at N >= 1e6 with --quick
-
-
-def tag(n: int) -> str:
-    """``10000 -> '1e4'``; other sizes verbatim."""
-    k = round(math.log10(n)) if n > 0 else 0
-    return f"1e{k}" if 10**k == n else str(n)
-
-
-def _rss_mb() -> tuple[float, float]:
-    """Current and peak resident set size in MB (``/proc/self/status``)."""
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                values[key] = int(value.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def problem(n: int, batch: int, dim: int, seed: int, device: torch.device):
@@ -107,28 +82,23 @@ def _step(z, loc, scale, backend, acc):
     return value
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_memory(name: str, n: int, batch: int, dim: int, seed: int, device: torch.device) -> dict:
     """Peak extra memory of one forward + backward (run in a fresh process), with its values and z-gradients."""
     backend, acc = BACKENDS[name]
     z, loc, scale = problem(n, batch, dim, seed, device)
     small = min(n, 1000)  # warm-up: kernel probes, thread pools, allocator
     _step(z, loc[:small].detach().requires_grad_(), scale[:small].detach().requires_grad_(), backend, acc)
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         value = _step(z, loc, scale, backend, acc)
-        _sync(device)
+        sync(device)
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    elif _reset_peak():
-        base, _ = _rss_mb()
+    elif reset_peak():
+        base, _ = rss_mb()
         value = _step(z, loc, scale, backend, acc)
-        peak_mb = _rss_mb()[1] - base
+        peak_mb = rss_mb()[1] - base
     else:  # no /proc: ru_maxrss (KiB on Linux) of this fresh process
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         value = _step(z, loc, scale, backend, acc)
@@ -150,10 +120,10 @@ def time_backends(names: list[str], n: int, args, device: torch.device, disable:
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for round_ in progress(repeats_for(args, n), f"timing N={tag(n)}", disable=disable):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            _sync(device)
+            sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             _step(z, loc, scale, *BACKENDS[name])
-            _sync(device)
+            sync(device)
             times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
     rows = {}
     for name, pairs in times.items():

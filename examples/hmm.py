@@ -48,15 +48,19 @@ with ``accuracy``, ``accuracy_train``, ``accuracy_frames`` (per-frame :math:`\ar
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _digits import random_shift  # noqa: E402
 
 from pyro_rpm import CategoricalRecognition, recognition_cache
 from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
@@ -88,18 +92,6 @@ def digit_trajectory(length: int, A: np.ndarray, images: np.ndarray, labels: np.
     pools = [np.flatnonzero(labels == k) for k in range(len(A))]
     frames = np.array([rng.choice(pools[k]) for k in states])
     return images[frames], states
-
-
-def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shift each ``(1, 8, 8)`` image by -1, 0 or +1 pixel in each direction (zero padding)."""
-    n = x.shape[0]
-    padded = F.pad(x, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 3, (n,), generator=generator).to(x.device)
-    grid = torch.arange(8, device=x.device)
-    rows = (dy[:, None] + grid)[:, :, None]
-    cols = (dx[:, None] + grid)[:, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
 def make_model(recognition: CategoricalRecognition, hmm: HMMPrior):

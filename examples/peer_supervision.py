@@ -41,15 +41,19 @@ and the settings.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _digits import random_shift  # noqa: E402
 
 from pyro_rpm import CategoricalRecognition, RecognitionGuide, observe, recognition_cache
 from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
@@ -72,18 +76,6 @@ def load_digit_images(seed: int, device: torch.device):
     X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=HELDOUT_FRACTION, stratify=y, random_state=seed)
     return torch.tensor(X_tr, device=device), torch.tensor(y_tr), torch.tensor(X_te, device=device), torch.tensor(y_te)
-
-
-def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shift each ``(1, 8, 8)`` image by -1, 0 or +1 pixel in each direction (zero padding)."""
-    n = x.shape[0]
-    padded = F.pad(x, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 3, (n,), generator=generator).to(x.device)
-    grid = torch.arange(8, device=x.device)
-    rows = (dy[:, None] + grid)[:, :, None]
-    cols = (dx[:, None] + grid)[:, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
 def same_class_pairs(labels: torch.Tensor, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,8 @@ class PrivateModelRun(Messenger):
         site's parameters can be checked for dependence on them (a conditional prior).
 
     After the run, :attr:`sites` maps site names to copies of their messages and
-    :attr:`subsamples` maps plate names to their subsample indices.
+    :attr:`subsamples` maps plate names to their subsample indices. Two sample sites of one name
+    raise a :class:`ValueError`.
     """
 
     def __init__(self, track_dependence: bool = False) -> None:
@@ -60,6 +61,13 @@ class PrivateModelRun(Messenger):
             if msg["value"] is None:
                 msg["value"] = fn.sample()
             self.subsamples[msg["name"]] = msg["value"]
+        elif msg["name"] in self.sites:
+            # Pyro's trace refuses duplicate names, but this run stops every message before any
+            # trace sees it, and would silently keep the last site of the name only.
+            raise ValueError(
+                f"the model has two sample sites named '{msg['name']}' (e.g. two observe('{msg['name']}', ...) "
+                "calls claiming one view); give every site its own name"
+            )
         elif not msg["is_observed"] and msg["value"] is None:
             value = placeholder(fn)
             if self.track_dependence and value.is_floating_point():

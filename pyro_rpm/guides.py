@@ -33,8 +33,6 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from ._guide_plan import locate, make_plan, planning_enabled
@@ -159,28 +157,6 @@ def _depends_on(tensors: tuple[torch.Tensor, ...], leaves: list[torch.Tensor]) -
     return any(id(t) in targets for t in tensors)
 
 
-class _UniqueSiteNames(Messenger):
-    """Raises on a second sample site of one name during the private model run.
-
-    Pyro's trace refuses duplicate names, but the private run stops every message before any
-    trace sees it, and would silently keep the last site of the name only.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def _process_message(self, msg) -> None:
-        if msg["type"] != "sample" or isinstance(msg["fn"], _Subsample):
-            return
-        if msg["name"] in self.names:
-            raise ValueError(
-                f"the model has two sample sites named '{msg['name']}' (e.g. two observe('{msg['name']}', ...) "
-                "calls claiming one view); give every site its own name"
-            )
-        self.names.add(msg["name"])
-
-
 def _check_views_claimed_once(links: dict[str, list[str]], sites: dict[str, dict]) -> None:
     """Raise if two likelihood sites observe one latent through the same factors at the same indices."""
     for latent, lik_names in links.items():
@@ -248,7 +224,7 @@ class RecognitionGuide(nn.Module):
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
-        with PrivateModelRun(track_dependence=True) as discovery, _UniqueSiteNames():
+        with PrivateModelRun(track_dependence=True) as discovery:
             self.model(*args, **kwargs)
         by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
         links: dict[str, list[str]] = OrderedDict(

@@ -154,6 +154,18 @@ class Recognition(nn.Module):
         # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
         if self.validate and x.device.type != "meta":
             check_finite(x, f"inputs to recognition '{self.name}'")
+        # A call that fails (bad network output) removes what it registered from Pyro's store.
+        with param_store_rollback():
+            register_module(self.name, self)
+            output = self._network_output(x)
+            factor = self._factor(output)
+        if cache is not None:
+            cache[key] = (x, factor)
+        self._log_call(factor, x)
+        return factor
+
+    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.net(x)``, checked for its width and (with ``validate``) finite values."""
         try:
             output = self.net(x)
         except RuntimeError as error:
@@ -165,15 +177,10 @@ class Recognition(nn.Module):
             raise ValueError(
                 f"the network of recognition '{self.name}' must output a last dimension of size {expected}, got {got}"
             )
+        # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
         if self.validate and output.device.type != "meta":
             check_finite(output, f"network output of recognition '{self.name}'")
-        # Registered only once the call has succeeded, so a failing call leaves Pyro's parameter store as it was.
-        register_module(self.name, self)
-        factor = self._factor(output)
-        if cache is not None:
-            cache[key] = (x, factor)
-        self._log_call(factor, x)
-        return factor
+        return output
 
     def _log_call(self, factor: Factor, x: torch.Tensor) -> None:
         calls = _CALLS.get()

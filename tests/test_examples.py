@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scripts import run_json, run_script
 
 from pyro_rpm._script import emit, script_parser, setup
 
@@ -25,18 +26,8 @@ COUPLINGS = ["bilinear", "rbf", "anisotropic_rbf", "cosine", "laplace"]
 
 
 def _run(script: str, *args: str, timeout: float = 120) -> tuple[dict, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    lines = proc.stdout.strip().splitlines()
-    return json.loads(lines[-1]), proc.stdout
+    result, proc = run_json(script, *args, timeout=timeout)
+    return result, proc.stdout
 
 
 def test_infonce_identity_script(tmp_path):
@@ -92,6 +83,14 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
         tolerance = 1e-3 if "fp32" in name else 1e-10
         assert row["value_rel_err"] <= tolerance and row["grad_rel_err"] <= tolerance, (name, row)
     assert (tmp_path / "gpu.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    "args", [["--repeats", "0"], ["--svi-steps", "-1"], ["--sizes", "abc"], ["--full-sizes", "10"], ["--batch", "1"]]
+)
+def test_gpu_benchmark_rejects_bad_arguments(args):
+    proc = run_script("benchmarks/gpu.py", "--device", "cpu", *args, timeout=120)
+    assert proc.returncode == 2 and "error:" in proc.stderr and args[0] in proc.stderr, proc.stderr[-500:]
 
 
 def test_script_parser_defaults_and_emit(capsys):

@@ -7,30 +7,17 @@ accuracy >= 0.95); ``hmm.py`` recovers a 6-state Markov chain from the digit ima
 Viterbi-path accuracy >= 0.9 on a held-out trajectory).
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import run_json, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str, timeout: float = 400) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(script, *args, timeout=timeout)[0]
 
 
 @pytest.mark.slow
@@ -63,13 +50,10 @@ def test_hmm_quick(tmp_path):
 
 
 def test_scripts_reject_bad_arguments():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     for script, args in (
         ("examples/peer_supervision.py", ["--batch-size", "1"]),
         ("examples/hmm.py", ["--window", "7", "--length", "100"]),
         ("examples/hmm.py", ["--restarts", "0"]),
     ):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-        )
+        proc = run_script(script, *args, timeout=120)
         assert proc.returncode == 2 and "error:" in proc.stderr, (script, proc.stderr[-500:])

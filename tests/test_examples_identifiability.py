@@ -20,6 +20,7 @@ import sys
 
 import pytest
 import torch
+from _scripts import run_json
 
 from pyro_rpm import RPM_ELBO, AnisotropicRBFCoupling, CosineCoupling, LaplaceCoupling
 
@@ -27,16 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(script: str, *args: str, timeout: float = 900) -> tuple[dict, subprocess.CompletedProcess]:
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", script), "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    return json.loads(last), proc
+    return run_json(os.path.join("examples", script), "--no-progress", *args, timeout=timeout)
 
 
 @pytest.mark.slow

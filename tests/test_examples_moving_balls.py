@@ -7,22 +7,18 @@ stdout line must be one JSON object. About a minute of one idle CPU core."""
 import importlib.util
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "moving_balls.py"
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_script(SCRIPT, *args, timeout=timeout)
 
 
 @pytest.mark.slow

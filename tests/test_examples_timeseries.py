@@ -7,28 +7,19 @@ state-space RPM to multi-view linear-Gaussian data and must also recover the tra
 eigenvalues. Together they take well under a minute on one CPU thread.
 """
 
-import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from _scripts import run_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str, timeout: float = 170) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(script, *args, timeout=timeout)[0]
 
 
 def test_gp_time_series_quick(tmp_path):

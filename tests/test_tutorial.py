@@ -13,27 +13,19 @@
 
 import contextlib
 import io
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import run_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "tutorial_markov_prior.py"
 
 
 def _run(*args: str, timeout: float = 300) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, f"tutorial script failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(SCRIPT, *args, timeout=timeout)[0]
 
 
 @pytest.mark.slow
