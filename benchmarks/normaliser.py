@@ -8,9 +8,13 @@ and :math:`s`. Problem: :math:`\mu \sim \mathcal N(0, 4 I)`, :math:`\log s \sim 
 each latent drawn from a random support point's Gaussian (as in RPM training).
 
 Backends: ``dense`` (one ``B x N`` GEMM table, ``torch.logsumexp``, autograd: the baseline),
-``streamed`` and ``fused`` (see :mod:`pyro_rpm.normalisers`), each with the default float64
-accumulation (exact), and the same three with ``accumulate_dtype=float32`` (suffix ``_fp32``; fast
-but inexact for narrow factors). Memory: each (backend, N) runs once in a fresh subprocess after a
+``streamed``, ``fused`` and ``screened`` (see :mod:`pyro_rpm.normalisers`), each with the default
+float64 accumulation (exact), and the first three with ``accumulate_dtype=float32`` (suffix
+``_fp32``; fast but inexact for narrow factors). ``screened`` (the default at these sizes) screens
+the support in float32 with a certified error bound and computes the points that matter in float64;
+``kept_fraction_<N>`` is the fraction it computed exactly. ``--problem wide`` swaps in its worst
+case: wide factors (:math:`\mu \sim \mathcal N(0, I/4)`, :math:`s \sim U(0.8, 1.2)`, latents
+:math:`\mathcal N(0, I)`) where every point matters to some latent. Memory: each (backend, N) runs once in a fresh subprocess after a
 warm-up on 1000 points; peak extra memory is the peak resident set size minus the resident size
 before the call (``/proc/self/status`` after resetting the high-water mark, with glibc's mmap
 threshold fixed at 128 KiB so that freed blocks leave the resident set; ``ru_maxrss`` elsewhere; on
@@ -22,7 +26,8 @@ all backends alike.
 Usage::
 
     python benchmarks/normaliser.py            # N = 1e4, 1e5, 1e6, every backend, 3-5 repeats
-    python benchmarks/normaliser.py --quick    # 1 repeat; N = 1e6 only dense/streamed/fused
+    python benchmarks/normaliser.py --quick    # 1 repeat; N = 1e6 only dense/streamed/fused/screened
+    python benchmarks/normaliser.py --quick --sizes 1e6 --problem wide   # screening's worst case
 
 The figure ``normaliser.png`` (Mpairs/s and peak memory against N) goes to ``--out``. The last
 stdout line is one JSON object: for the default backend (``"auto"``) ``ms_<N>``,
@@ -51,22 +56,30 @@ from _common import reset_peak, rss_mb, sync, tag
 
 from pyro_rpm._script import emit, progress, script_parser, setup
 from pyro_rpm.normalisers import gaussian_logsumexp, resolve_backend
+from pyro_rpm.normalisers import screened as screened_module
 
 #: name -> (backend, accumulate_dtype)
 BACKENDS = {
     "dense": ("dense", None),
     "streamed": ("streamed", None),
     "fused": ("fused", None),
+    "screened": ("screened", None),
     "dense_fp32": ("dense", torch.float32),
     "streamed_fp32": ("streamed", torch.float32),
     "fused_fp32": ("fused", torch.float32),
 }
-QUICK_LARGE = ("dense", "streamed", "fused")  # backends run at N >= 1e6 with --quick
+QUICK_LARGE = ("dense", "streamed", "fused", "screened")  # backends run at N >= 1e6 with --quick
 
 
-def problem(n: int, batch: int, dim: int, seed: int, device: torch.device):
-    """Support means/scales and latents drawn from random support points (module docstring)."""
+def problem(n: int, batch: int, dim: int, seed: int, device: torch.device, kind: str = "rpm"):
+    """Support means/scales and latents drawn from random support points (module docstring), or
+    the ``"wide"`` worst case of screening."""
     gen = torch.Generator().manual_seed(seed)
+    if kind == "wide":
+        loc = 0.5 * torch.randn(n, dim, generator=gen)
+        scale = torch.empty(n, dim).uniform_(0.8, 1.2, generator=gen)
+        z = torch.randn(batch, dim, generator=gen)
+        return [t.to(device).requires_grad_() for t in (z, loc, scale)]
     loc = 2.0 * torch.randn(n, dim, generator=gen)
     scale = torch.empty(n, dim).uniform_(math.log(0.05), 0.0, generator=gen).exp_()
     idx = torch.randint(n, (batch,), generator=gen)
@@ -82,10 +95,24 @@ def _step(z, loc, scale, backend, acc):
     return value
 
 
-def measure_memory(name: str, n: int, batch: int, dim: int, seed: int, device: torch.device) -> dict:
+def _record_kept(kept: list) -> None:
+    """Record the size of the exactly computed support subset of every screened call (N when all)."""
+    original = screened_module._screened_forward
+
+    def spy(q, a, *args):
+        result = original(q, a, *args)
+        kept.append(a.shape[0] if result[2] is None else result[2].numel())
+        return result
+
+    screened_module._screened_forward = spy
+
+
+def measure_memory(name: str, n: int, batch: int, dim: int, seed: int, device: torch.device, kind: str) -> dict:
     """Peak extra memory of one forward + backward (run in a fresh process), with its values and z-gradients."""
     backend, acc = BACKENDS[name]
-    z, loc, scale = problem(n, batch, dim, seed, device)
+    kept: list[int] = []
+    _record_kept(kept)
+    z, loc, scale = problem(n, batch, dim, seed, device, kind)
     small = min(n, 1000)  # warm-up: kernel probes, thread pools, allocator
     _step(z, loc[:small].detach().requires_grad_(), scale[:small].detach().requires_grad_(), backend, acc)
     sync(device)
@@ -105,6 +132,7 @@ def measure_memory(name: str, n: int, batch: int, dim: int, seed: int, device: t
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {
         "peak_mb": peak_mb,
+        "kept_fraction": kept[-1] / n if kept else None,
         "value": value.detach().double().cpu().tolist(),
         "grad_z": z.grad.double().cpu().flatten().tolist(),
     }
@@ -113,7 +141,7 @@ def measure_memory(name: str, n: int, batch: int, dim: int, seed: int, device: t
 def time_backends(names: list[str], n: int, args, device: torch.device, disable: bool) -> dict[str, dict]:
     """Median wall and CPU time of forward + backward per backend, interleaved: each round runs every
     backend once (the order rotates), so load from other jobs spreads over all of them."""
-    z, loc, scale = problem(n, args.batch, args.dim, args.seed, device)
+    z, loc, scale = problem(n, args.batch, args.dim, args.seed, device, args.problem)
     for name in names:  # warm-up on 1000 points
         small = min(n, 1000)
         _step(z, loc[:small].detach().requires_grad_(), scale[:small].detach().requires_grad_(), *BACKENDS[name])
@@ -143,6 +171,7 @@ def repeats_for(args: argparse.Namespace, n: int) -> int:
 def _run_child(name: str, n: int, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", name, str(n), "--seed", str(args.seed)]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--batch", str(args.batch), "--dim", str(args.dim)]
+    cmd += ["--problem", args.problem]
     # fixed mmap threshold: glibc unmaps every freed block >= 128 KiB, so RSS follows live allocations
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -156,7 +185,7 @@ def _rel(a: list[float], b: list[float], floor: float) -> float:
     return float((ta - tb).abs().max() / max(float(tb.abs().max()), floor))
 
 
-def save_figure(out: str, rows: dict, sizes: list[int]) -> str:
+def save_figure(out: str, rows: dict, sizes: list[int], batch: int, dim: int, problem: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +208,7 @@ def save_figure(out: str, rows: dict, sizes: list[int]) -> str:
         ax.set_xlabel("support size N")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("gaussian_logsumexp, B = 256, D = 8, one thread")
+    fig.suptitle(f"gaussian_logsumexp, B = {batch}, D = {dim}, {problem} problem, one thread")
     fig.tight_layout()
     path = os.path.join(out, "normaliser.png")
     fig.savefig(path, dpi=110)
@@ -191,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = script_parser(
         "Forward+backward time, peak extra memory and Mpairs/s of the Gaussian row-logsumexp backends.",
         script=__file__,
-        quick_help="one repeat; at N >= 1e6 only dense, streamed and fused (about a minute)",
+        quick_help="one repeat; at N >= 1e6 only dense, streamed, fused and screened (about a minute)",
     )
     parser.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated support sizes (default 1e4,1e5,1e6)")
     parser.add_argument("--batch", type=int, default=256, help="number of latents B (default 256)")
@@ -199,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)} (default all)"
+    )
+    parser.add_argument(
+        "--problem", choices=("rpm", "wide"), default="rpm", help="rpm (default) or wide (screening's worst case)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 5, 3 at N >= 1e6, 1 quick)")
     parser.add_argument("--measure", nargs=2, metavar=("BACKEND", "N"), help=argparse.SUPPRESS)
@@ -221,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         name, n = args.measure[0], int(args.measure[1])
         if name not in BACKENDS:
             parser.error(f"--measure backend must be one of {sorted(BACKENDS)}")
-        print(json.dumps(measure_memory(name, n, args.batch, args.dim, args.seed, device)))
+        print(json.dumps(measure_memory(name, n, args.batch, args.dim, args.seed, device, args.problem)))
         return None
 
     rows = {}
@@ -246,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
         for key in ("ms", "mpairs_per_s", "cpu_ms", "mpairs_per_s_cpu", "peak_mb", "value_rel_err", "grad_rel_err"):
             result["backends"][name][f"{key}_{tag(n)}"] = row[key]
+        if row["kept_fraction"] is not None:
+            result["backends"][name][f"kept_fraction_{tag(n)}"] = row["kept_fraction"]
     for n in sizes:
         if (default[n], n) not in rows:
             continue
@@ -253,14 +287,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         result[f"backend_{tag(n)}"] = default[n]
         for key in ("ms", "mpairs_per_s", "cpu_ms", "mpairs_per_s_cpu", "peak_mb"):
             result[f"{key}_{tag(n)}"] = best[key]
+        if best["kept_fraction"] is not None:
+            result[f"kept_fraction_{tag(n)}"] = best["kept_fraction"]
         result[f"speedup_vs_dense_{tag(n)}"] = rows[("dense", n)]["ms"] / best["ms"]
         if ("dense_fp32", n) in rows:
             result[f"speedup_vs_dense_fp32_{tag(n)}"] = rows[("dense_fp32", n)]["ms"] / best["ms"]
     result.update(
-        sizes=sizes, batch=args.batch, dim=args.dim, threads=args.threads, device=str(device), seed=args.seed,
+        sizes=sizes, batch=args.batch, dim=args.dim, problem=args.problem, threads=args.threads, device=str(device), seed=args.seed,
         quick=args.quick, torch=torch.__version__,
     )  # fmt: skip
-    result["figures"] = [save_figure(args.out, rows, sizes)]
+    result["figures"] = [save_figure(args.out, rows, sizes, args.batch, args.dim, args.problem)]
     emit(result)
     return result
 

@@ -25,7 +25,7 @@ from pyro_rpm.normalisers import streamed as streamed_module
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_FUSED = fused_available("cpu", torch.float64) and fused_available("cpu", torch.float32)
 needs_fused = pytest.mark.skipif(not HAS_FUSED, reason="no fused CPU attention kernel in this torch build")
-BACKENDS = ["dense", "streamed", pytest.param("fused", marks=needs_fused)]
+BACKENDS = ["dense", "streamed", pytest.param("fused", marks=needs_fused), pytest.param("screened", marks=needs_fused)]
 SCALES = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 
 
@@ -118,7 +118,9 @@ def test_gaussian_large_latents_and_mixed_scales(backend):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 99, 100, 1000])
-@pytest.mark.parametrize("backend", ["streamed", pytest.param("fused", marks=needs_fused)])
+@pytest.mark.parametrize(
+    "backend", ["streamed", pytest.param("fused", marks=needs_fused), pytest.param("screened", marks=needs_fused)]
+)
 def test_chunk_boundaries(backend, chunk_size):
     z, loc, s = gaussian_problem(0.3, False, n=100, d=3, zmax=2.0, seed=3)
     want = naive_gaussian(z, loc, s)
@@ -256,7 +258,11 @@ def test_empty_batch_and_single_support_point():
 def test_resolve_backend():
     cpu = torch.device("cpu")
     assert resolve_backend("auto", 100, cpu, torch.float64) == "dense"
-    assert resolve_backend("auto", 10**7, cpu, torch.float64) == ("fused" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 10**7, cpu, torch.float64) == ("screened" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 2**19, cpu, torch.float64) == ("fused" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 10**7, cpu, torch.float32) == ("fused" if HAS_FUSED else "streamed")
+    if HAS_FUSED:
+        assert resolve_backend("screened", 10, cpu, torch.float32) == "fused"  # nothing to screen in float32
     assert resolve_backend("streamed", 100, cpu, torch.float64) == "streamed"
     assert not fused_available("cpu", torch.float16)
     with pytest.raises(ValueError, match="backend='fused' is not available"):
@@ -407,7 +413,8 @@ def test_cuda_backends_match_reference():
     z, loc, s = (t.detach().to(device).requires_grad_() for t in gaussian_problem(0.05, False, n=5000, d=8))
     want = naive_gaussian(z, loc, s)
     want_grads = torch.autograd.grad(want.sum(), (z, loc, s))
-    for backend in ("dense", "streamed", "auto"):
+    backends = ("dense", "streamed", "auto") + (("screened",) if fused_available(device, torch.float32) else ())
+    for backend in backends:
         got = gaussian_logsumexp(z, loc, s, backend=backend, chunk_size=1024)
         assert got.device.type == "cuda"
         assert_values(got, want)

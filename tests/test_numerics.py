@@ -185,16 +185,16 @@ def test_point_mass_factor_table_at_eps_1e_3(problem):
     assert bool(((diagonal - constant).abs() <= U32 * constant + ABS_FLOOR).all()), diagonal
 
 
-BACKENDS = ["dense", "streamed", "fused", "auto"]
+BACKENDS = ["dense", "streamed", "fused", "screened", "auto"]
 
 
 def _require_backend(backend: str, dtype: torch.dtype) -> None:
-    if backend == "fused" and not fused_available("cpu", torch.float64):
+    if backend in ("fused", "screened") and not fused_available("cpu", torch.float64):
         pytest.skip("no fused CPU attention kernel in this torch build")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("backend", BACKENDS[:3])  # "auto" is "fused" here (B N > 2^16); it runs in the next test
+@pytest.mark.parametrize("backend", BACKENDS[:4])  # "auto" is "screened" here (B N > 2^20); it runs in the next test
 def test_normaliser_and_its_gradients_match_float64(problem, backend, dtype):
     r"""log sum_m f(z_b | x_m) over N = 1e5 points by every backend, value and gradients.
 

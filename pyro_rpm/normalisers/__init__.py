@@ -50,23 +50,39 @@ import torch
 from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
 from .features import DotFeatures, FeatureMap, GaussianFeatures
 from .fused import fused_available, fused_kernel
+from .screened import screened_logsumexp
 from .streamed import StreamedKernel, chunked_logsumexp
 
-__all__ = ["BACKENDS", "gaussian_logsumexp", "score_logsumexp", "fused_available", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "gaussian_logsumexp",
+    "score_logsumexp",
+    "fused_available",
+    "screening_available",
+    "resolve_backend",
+]
 
 #: backend names accepted by ``backend=``.
-BACKENDS = ("auto", "dense", "streamed", "fused")
+BACKENDS = ("auto", "dense", "streamed", "fused", "screened")
 #: ``"auto"`` uses the dense table up to this many (latent, support point) pairs.
 DENSE_MAX_PAIRS = 2**16
+#: ``"auto"`` screens (:mod:`.screened`) from this many pairs on, where float64 accumulation is asked for.
+SCREEN_MIN_PAIRS = 2**20
 #: default chunk sizes: about 8 MiB of float64 scores per chunk for the streamed kernel.
 _STREAMED_CHUNK_ELEMENTS = 2**20
 _FUSED_CHUNK = 2**16
 
 
-def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dtype: torch.dtype) -> str:
-    """Name of the backend that ``backend`` selects for this problem (``"dense"``, ``"streamed"`` or ``"fused"``).
+def screening_available(device: torch.device, work_dtype: torch.dtype) -> bool:
+    """Whether the ``"screened"`` backend runs here: float64 work with a float32 fused kernel to screen."""
+    return work_dtype == torch.float64 and fused_available(device, torch.float32)
 
-    :raises ValueError: for an unknown name, or ``"fused"`` where no fused kernel is available.
+
+def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dtype: torch.dtype) -> str:
+    """Name of the backend that ``backend`` selects for this problem (``"dense"``, ``"streamed"``,
+    ``"fused"`` or ``"screened"``).
+
+    :raises ValueError: for an unknown name, or ``"fused"``/``"screened"`` where they cannot run.
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -75,11 +91,24 @@ def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dty
             f"backend='fused' is not available for device {device} with working dtype {work_dtype} "
             "(CPU: float32/float64; CUDA: float32); use backend='auto' or 'streamed'"
         )
+    if backend == "screened" and not fused_available(device, torch.float32):
+        raise ValueError(
+            f"backend='screened' needs a float32 fused kernel, which device {device} lacks; "
+            "use backend='auto' or 'streamed'"
+        )
+    if backend == "screened" and work_dtype != torch.float64:
+        return "fused"  # float32 work: the screening pass would be the whole computation
     if backend != "auto":
         return backend
     if num_pairs <= DENSE_MAX_PAIRS:
         return "dense"
+    if num_pairs >= SCREEN_MIN_PAIRS and screening_available(device, work_dtype):
+        return "screened"
     return "fused" if fused_available(device, work_dtype) else "streamed"
+
+
+def _streamed_chunk(num_rows: int) -> int:
+    return max(256, _STREAMED_CHUNK_ELEMENTS // max(num_rows, 1))
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -114,10 +143,14 @@ def _logsumexp(
     name = resolve_backend(backend, num_rows * num_support, x.device, q.dtype)
     if name == "dense" or num_rows == 0:
         lse = torch.logsumexp(q @ features.keys(a, b).T, dim=-1)
+    elif name == "screened":
+        exact = fused_kernel(x.device) if fused_available(x.device, q.dtype) else StreamedKernel()
+        chunk_size = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
+        lse = screened_logsumexp(q, a, b, features, exact, fused_kernel(x.device), chunk_size)
     else:
         kernel = StreamedKernel() if name == "streamed" else fused_kernel(x.device)
         if chunk_size is None:
-            chunk_size = _FUSED_CHUNK if name == "fused" else max(256, _STREAMED_CHUNK_ELEMENTS // max(num_rows, 1))
+            chunk_size = _FUSED_CHUNK if name == "fused" else _streamed_chunk(num_rows)
         lse = chunked_logsumexp(q, a, b, features, kernel, chunk_size)
     return lse.to(x.dtype).reshape(lead)
 

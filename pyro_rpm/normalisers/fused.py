@@ -83,6 +83,11 @@ class FusedKernel:
         values = self._pad(q * grad.unsqueeze(-1), width)
         return keys, values, q.shape[1]
 
+    def key_logsumexp(self, state: tuple, k: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log\sum_b e^{q_b\cdot k_m - L_b}` per key of ``k`` (the swapped pass's logsumexp alone)."""
+        keys, values, _ = state
+        return self._attend(k, keys, values)[1]
+
     def backward(self, state: tuple, k: torch.Tensor) -> torch.Tensor:
         """``k`` holds the key features, a column of ones and zero padding (:meth:`key_width`)."""
         keys, values, dim = state

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from .features import FeatureMap
 
-__all__ = ["ChunkedLogSumExp", "StreamedKernel", "chunked_logsumexp", "flush_denormals"]
+__all__ = ["ChunkedLogSumExp", "StreamedKernel", "chunked_logsumexp", "flush_denormals", "merge_online"]
 
 #: floor of shifted scores before ``exp`` (``exp`` of larger negative arguments takes a slow
 #: underflow path, about 6x slower); the clamped terms weigh at most N e^-600 (N e^-80) in total.
@@ -63,6 +63,22 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
+
+
+def merge_online(
+    lse: torch.Tensor | None, out: torch.Tensor | None, lse_c: torch.Tensor, out_c: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Merge a chunk's row-logsumexp ``lse_c`` and softmax-weighted mean ``out_c`` into the running
+    ``lse``, ``out`` (``None`` before the first chunk; ``out`` may be ``None`` throughout):
+    :math:`L \leftarrow \operatorname{logaddexp}(L, \ell)`,
+    :math:`o \leftarrow o\, e^{L_{\rm old} - L} + o_{\rm chunk}\, e^{\ell - L}`."""
+    if lse is None:
+        return lse_c, out_c
+    merged = torch.logaddexp(lse, lse_c)
+    if out is not None and out_c is not None:
+        out = out.mul_((lse - merged).exp_().unsqueeze(-1))
+        out.add_(out_c * (lse_c - merged).exp_().unsqueeze(-1))
+    return merged, out
 
 
 class StreamedKernel:
@@ -119,15 +135,7 @@ class ChunkedLogSumExp(torch.autograd.Function):
         for start in range(0, num_support, chunk_size):
             stop = min(start + chunk_size, num_support)
             k, _ = features.chunk_keys(a[start:stop], features.param_chunk(b, start, stop), width, ones)
-            lse_c, out_c = kernel.forward(q, k, need_out)
-            if lse is None:
-                lse, out = lse_c, out_c
-                continue
-            merged = torch.logaddexp(lse, lse_c)
-            if need_out:
-                out = out.mul_((lse - merged).exp_().unsqueeze(-1))
-                out.add_(out_c * (lse_c - merged).exp_().unsqueeze(-1))
-            lse = merged
+            lse, out = merge_online(lse, out, *kernel.forward(q, k, need_out))
         return lse, out
 
     @staticmethod

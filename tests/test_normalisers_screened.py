@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""The screened exact normaliser (:mod:`pyro_rpm.normalisers.screened`) against float64 references.
+
+Each test checks that the screening path really ran (a strict subset of the support was computed,
+seen through a spy on the private forward) or that it fell back where it must, and compares
+values and gradients with the float64 difference form of ``tests/test_normalisers.py`` (values to
+1e-12 relative; gradients to 1e-10 of ``|g| + max|g|``, elementwise). The certificate itself is
+checked against the dense float64 table: no dropped point has weight above
+:math:`e^{-T}`, :math:`T = 40 + \log N`, and the float32 bounds :math:`U_m` are upper bounds.
+"""
+
+import math
+
+import pytest
+import torch
+from test_normalisers import naive_gaussian, naive_scores
+
+from pyro_rpm.normalisers import fused_available, gaussian_logsumexp, score_logsumexp
+from pyro_rpm.normalisers import screened as screened_module
+from pyro_rpm.normalisers.features import GaussianFeatures
+from pyro_rpm.normalisers.fused import fused_kernel
+
+pytestmark = pytest.mark.skipif(
+    not (fused_available("cpu", torch.float32) and fused_available("cpu", torch.float64)),
+    reason="no fused CPU attention kernel in this torch build",
+)
+
+
+def rpm_problem(n=6000, batch=48, d=4, log_scale=(-3.0, -1.0), spread=3.0, seed=0, dtype=torch.float64):
+    """Narrow factors spread over a wide region; latents drawn from random support points' factors."""
+    g = torch.Generator().manual_seed(seed)
+    loc = spread * torch.randn(n, d, generator=g, dtype=torch.float64)
+    scale = torch.empty(n, d, dtype=torch.float64).uniform_(*log_scale, generator=g).exp()
+    idx = torch.randint(n, (batch,), generator=g)
+    z = loc[idx] + scale[idx] * torch.randn(batch, d, generator=g, dtype=torch.float64)
+    return [t.to(dtype).requires_grad_() for t in (z, loc, scale)]
+
+
+@pytest.fixture
+def kept(monkeypatch):
+    """Records the support subset of every screened call (``None``: all points computed exactly)."""
+    calls = []
+    original = screened_module._screened_forward
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result[2])
+        return result
+
+    monkeypatch.setattr(screened_module, "_screened_forward", spy)
+    return calls
+
+
+def assert_close(got, want, rel):
+    got, want = got.detach().double(), want.detach().double()
+    err = ((got - want).abs() / (want.abs() + want.abs().max())).max()
+    assert err <= rel, f"relative error {float(err):.2e}"
+
+
+def check_against_reference(inputs, got, want, names=("z", "loc", "scale")):
+    assert_close(got, want, 1e-12)
+    grads = torch.autograd.grad(got.sum(), inputs)
+    want_grads = torch.autograd.grad(want.sum(), inputs)
+    for g, w, name in zip(grads, want_grads, names):
+        assert g.dtype == w.dtype, name
+        assert_close(g, w, 1e-10)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_point", "shared"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_screened_computes_a_subset_and_matches_float64(kept, dtype, shared):
+    z, loc, scale = rpm_problem(dtype=dtype)
+    if shared:
+        scale = torch.full((4,), 0.05, dtype=dtype, requires_grad=True)
+    got = gaussian_logsumexp(z, loc, scale, backend="screened", chunk_size=1000)
+    assert got.dtype == dtype and got.shape == (48,)
+    assert kept[-1] is not None and 0 < kept[-1].numel() < 0.25 * loc.shape[0]
+    want = naive_gaussian(z, loc, scale).to(dtype)
+    if dtype == torch.float32:  # one float32 rounding of the float64 value
+        assert_close(got, want, 1e-7)
+        return
+    check_against_reference((z, loc, scale), got, want)
+
+
+def test_leading_dims_precision_and_partial_gradients(kept):
+    z, loc, scale = rpm_problem(batch=40)
+    precision = scale.detach().pow(-2).requires_grad_()
+    z3 = z.detach().reshape(2, 4, 5, 4).requires_grad_()
+    got = gaussian_logsumexp(z3, loc, precision=precision, backend="screened", chunk_size=777)
+    assert got.shape == (2, 4, 5) and kept[-1] is not None
+    check_against_reference((z3, loc, precision), got, naive_gaussian(z3, loc, precision=precision))
+    for wrt in ("loc", "scale"):
+        tensors = {"z": z.detach(), "loc": loc.detach(), "scale": scale.detach()}
+        tensors[wrt].requires_grad_()
+        got = gaussian_logsumexp(*tensors.values(), backend="screened")
+        (grad,) = torch.autograd.grad(got.sum(), tensors[wrt])
+        (want,) = torch.autograd.grad(naive_gaussian(*tensors.values()).sum(), tensors[wrt])
+        assert_close(grad, want, 1e-10)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 333, 4096, 10**6])
+def test_chunk_sizes(kept, chunk_size):
+    z, loc, scale = rpm_problem(n=3000 if chunk_size == 1 else 6000, seed=1)
+    got = gaussian_logsumexp(z, loc, scale, backend="screened", chunk_size=chunk_size)
+    assert kept[-1] is not None
+    check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
+
+
+def test_dot_product_scores_in_float64_are_screened(kept):
+    g = torch.Generator().manual_seed(2)
+    query = (8 * torch.randn(30, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    keys = (8 * torch.randn(5000, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    bias = (10 * torch.randn(5000, generator=g, dtype=torch.float64)).requires_grad_()
+    got = score_logsumexp(query, keys, bias, backend="screened", chunk_size=1024)
+    assert kept[-1] is not None and kept[-1].numel() < 2500
+    check_against_reference((query, keys, bias), got, naive_scores(query, keys, bias), ("query", "keys", "bias"))
+
+
+@pytest.mark.parametrize("scale_range", [(-7.0, -5.0), (-3.0, 0.0), (-1.0, 4.0)], ids=["1e-3", "0.05-1", "wide"])
+@pytest.mark.parametrize("far", [False, True], ids=["near", "z_50"])
+def test_certificate_against_the_dense_table(scale_range, far):
+    r"""The float32 bounds are upper bounds, and no dropped point weighs more than :math:`e^{-T}` in any row."""
+    z, loc, scale = (t.detach() for t in rpm_problem(n=4000, batch=32, d=5, log_scale=scale_range, seed=3))
+    if far:
+        z[::4] = 50.0 * torch.sign(torch.randn(8, 5, dtype=torch.float64))
+    features = GaussianFeatures(loc.mean(0), is_scale=True, shared=False)
+    q = features.query(z)
+    table = q @ features.keys(loc, scale).T
+    lse = table.logsumexp(-1)
+    screened = screened_module.screen(q, loc, scale, features, fused_kernel("cpu"), 1000)
+    if screened is not None:
+        upper, lse_hat = screened
+        assert bool((upper >= (table - lse_hat[:, None]).amax(0)).all())
+    value, _, keep = screened_module._screened_forward(
+        q, loc, scale, features, fused_kernel("cpu"), fused_kernel("cpu"), 1000, False
+    )
+    # the float64 expanded form's own cancellation at scale 1e-3 is ~1e-9 nats per score
+    assert_close(value, naive_gaussian(z, loc, scale), 1e-10)
+    if keep is not None:
+        dropped = torch.ones(loc.shape[0], dtype=torch.bool)
+        dropped[keep] = False
+        worst = (table[:, dropped] - lse[:, None]).max()
+        assert float(worst) <= -(screened_module.SCREEN_MARGIN + math.log(loc.shape[0]))
+
+
+def test_the_selection_grows_until_the_certificate_holds(kept, monkeypatch):
+    """Start from a far too small subset (guess of Delta = -20 nats): the loop must add the rest it needs."""
+    monkeypatch.setattr(screened_module, "_DELTA_GUESS", -20.0)
+    z, loc, scale = rpm_problem(seed=4)
+    calls = []
+    original = screened_module.ChunkedLogSumExp._forward
+
+    def count(*args):
+        calls.append(args[1].shape[0])
+        return original(*args)
+
+    monkeypatch.setattr(screened_module.ChunkedLogSumExp, "_forward", staticmethod(count))
+    got = gaussian_logsumexp(z, loc, scale, backend="screened")
+    assert len(calls) >= 2 and kept[-1] is not None
+    check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
+
+
+def test_wide_factors_fall_back_to_computing_everything(kept):
+    """Every point matters to some latent: the probe sees it and all points are computed exactly."""
+    z, loc, scale = rpm_problem(n=5000, log_scale=(0.0, 0.5), spread=0.5, seed=5)
+    got = gaussian_logsumexp(z, loc, scale, backend="screened")
+    assert kept == [None]
+    check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
+
+
+def test_float32_overflow_falls_back_to_computing_everything(kept):
+    """Precisions of 1e40 (scale 1e-20) overflow float32: no screening; the result is the plain fused one."""
+    z, loc, scale = (t.detach() for t in rpm_problem(n=3000, seed=6))
+    scale[::7] = 1e-20
+    got = gaussian_logsumexp(z, loc, scale, backend="screened", chunk_size=1000)
+    assert kept == [None] and bool(torch.isfinite(got).all())
+    assert torch.equal(got, gaussian_logsumexp(z, loc, scale, backend="fused", chunk_size=1000))
+
+
+def test_no_grad_and_empty_batch(kept):
+    z, loc, scale = rpm_problem(seed=7)
+    with torch.no_grad():
+        got = gaussian_logsumexp(z, loc, scale, backend="screened")
+    assert not got.requires_grad and kept[-1] is not None
+    assert_close(got, naive_gaussian(z, loc, scale), 1e-12)
+    assert gaussian_logsumexp(z[:0], loc, scale, backend="screened").shape == (0,)
+
+
+def test_auto_screens_large_float64_problems(kept):
+    z, loc, scale = rpm_problem(n=30000, batch=40)  # 1.2e6 pairs >= 2^20
+    gaussian_logsumexp(z, loc, scale)
+    assert len(kept) == 1
+    gaussian_logsumexp(z[:8], loc[:5000], scale[:5000])  # 4e4 pairs: the dense table
+    gaussian_logsumexp(z, loc, scale, accumulate_dtype=torch.float32)  # float32 work: plain fused
+    assert len(kept) == 1
