@@ -98,7 +98,7 @@ class Coupling(nn.Module):
         The row-logsumexp of :meth:`expected_pairwise`. This base version builds the table; the
         bilinear, RBF and cosine couplings stream it for large supports (module docstring).
 
-        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"`` (:mod:`pyro_rpm.normalisers`).
+        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (:mod:`pyro_rpm.normalisers`).
         :param int chunk_size: support points per chunk (streamed/fused backends).
         """
         use_dense(backend, 0)  # validates the name

@@ -82,7 +82,7 @@ class Factor(TorchDistribution):
         r""":math:`\log \sum_m f(z \mid x_m)`, the row-logsumexp of :meth:`pairwise_log_prob`.
 
         :param torch.Tensor z: latents, shape ``(..., *event_shape)``.
-        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"``
+        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"``
             (:func:`pyro_rpm.normalisers.resolve_backend`); the base class always uses the dense table.
         :param int chunk_size: support points per chunk (streamed/fused backends).
         :returns: a tensor of shape ``z.shape[:-len(event_shape)]``.

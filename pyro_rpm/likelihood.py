@@ -50,8 +50,8 @@ class RecognitionLikelihood(TorchDistribution):
     :param torch.Tensor latent: the latent :math:`z`, shape ``batch_shape + factors.event_shape``;
         any leading particle/plate dimensions broadcast.
     :param str backend: how :attr:`log_normaliser` is computed: ``"auto"`` (default: the dense table
-        for at most ``2**16`` latent-support pairs, else the fused or streamed exact kernel),
-        ``"dense"``, ``"streamed"`` or ``"fused"`` (see :mod:`pyro_rpm.normalisers`).
+        for at most ``2**16`` latent-support pairs, else an exact kernel: screened, fused or streamed),
+        ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (see :mod:`pyro_rpm.normalisers`).
     :param int chunk_size: support points per chunk for the streamed/fused backends.
 
     ``log_prob(n) = log f(z | x_n) - logsumexp_m log f(z | x_m)``, exactly

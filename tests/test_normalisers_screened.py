@@ -132,7 +132,7 @@ def test_certificate_against_the_dense_table(scale_range, far):
         upper, lse_hat = screened
         assert bool((upper >= (table - lse_hat[:, None]).amax(0)).all())
     value, _, keep = screened_module._screened_forward(
-        q, loc, scale, features, fused_kernel("cpu"), fused_kernel("cpu"), 1000, False
+        q, loc, scale, features, fused_kernel("cpu"), fused_kernel("cpu"), 1000, 1000, False
     )
     # the float64 expanded form's own cancellation at scale 1e-3 is ~1e-9 nats per score
     assert_close(value, naive_gaussian(z, loc, scale), 1e-10)

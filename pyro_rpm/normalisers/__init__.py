@@ -18,8 +18,16 @@ Backends (``backend=``):
 * ``"fused"``: the same autograd function on PyTorch's fused attention operators (:mod:`.fused`):
   the CPU flash-attention op (float32/float64) and the CUDA memory-efficient op (float32). Probed
   once against a direct computation; requesting it where the probe fails raises ``ValueError``.
-* ``"auto"`` (default): ``"dense"`` for small tables (:math:`B N \le 2^{16}`), else ``"fused"``
-  where available, else ``"streamed"``.
+* ``"screened"`` (:mod:`.screened`): a float32 fused pass bounds every support point's weight with
+  a certified rounding-error bound; the points that can weigh more than :math:`e^{-40}/N` of a row
+  are computed exactly in float64 (fused, else streamed), the others are provably negligible. Exact
+  like the float64 backends, and faster where each latent sees few support points (the usual RPM
+  regime: 1.7x the fused backend at N = 1e5-1e6 on ``benchmarks/normaliser.py``); about 1.2-1.3x
+  slower than ``"fused"`` where every point matters (wide factors). With float32 work (dot-product
+  scores of float32 inputs, or ``accumulate_dtype=torch.float32``) it is ``"fused"``.
+* ``"auto"`` (default): ``"dense"`` for small tables (:math:`B N \le 2^{16}`); ``"screened"`` from
+  :math:`2^{20}` pairs with float64 work where a float32 fused kernel exists; else ``"fused"`` where
+  available, else ``"streamed"``.
 
 Accumulation precision. The Gaussian score is a dot product of *expanded* features
 :math:`[\tilde z^2, \tilde z, 1]\cdot[-\lambda/2, \lambda\tilde\mu, c]`, whose rounding error is
@@ -33,8 +41,9 @@ of about 1e-4 (elementwise, relative to :math:`|g| + 10^{-3} \max|g|`) at every 
 :mod:`pyro_rpm.pairwise` does; not on MPS): values within 6e-8 and gradients within 6e-7 on the
 same cases, i.e. float32 rounding of the output. This costs about 2-2.5x in speed on the CPU
 (fused, forward + backward at B = 256, D = 8, N = 1e6, one thread on a shared 2-vCPU box: about
-120-130 against 265-290 Mpairs/s; ``benchmarks/normaliser.py``). ``accumulate_dtype=torch.float32``
-opts into the fast path where errors of that size are acceptable. Dot-product scores do not cancel
+120-130 against 265-290 Mpairs/s; ``benchmarks/normaliser.py``); the ``"screened"`` backend wins
+most of it back without giving up exactness. ``accumulate_dtype=torch.float32`` opts into the fast
+path where errors of that size are acceptable. Dot-product scores do not cancel
 systematically and accumulate in the input dtype (at least float32). On CUDA the fused kernel
 (memory-efficient attention) takes float32 only, so the exact default runs the streamed backend
 in float64 there; ``accumulate_dtype=torch.float32`` selects the fused kernel.
@@ -145,8 +154,10 @@ def _logsumexp(
         lse = torch.logsumexp(q @ features.keys(a, b).T, dim=-1)
     elif name == "screened":
         exact = fused_kernel(x.device) if fused_available(x.device, q.dtype) else StreamedKernel()
-        chunk_size = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
-        lse = screened_logsumexp(q, a, b, features, exact, fused_kernel(x.device), chunk_size)
+        exact_chunk = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
+        lse = screened_logsumexp(
+            q, a, b, features, exact, fused_kernel(x.device), exact_chunk, chunk_size or _FUSED_CHUNK
+        )
     else:
         kernel = StreamedKernel() if name == "streamed" else fused_kernel(x.device)
         if chunk_size is None:
@@ -175,7 +186,7 @@ def gaussian_logsumexp(
     :param torch.Tensor scale: standard deviations :math:`s = \lambda^{-1/2}`, shape ``(N, D)`` or
         ``(D,)`` (shared). Give exactly one of ``scale`` and ``precision``.
     :param torch.Tensor precision: precisions :math:`\lambda`, shape ``(N, D)`` or ``(D,)``.
-    :param str backend: ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"`` (module docstring).
+    :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (module docstring).
     :param int chunk_size: support points per chunk for the streamed/fused backends (default: about
         ``2**20 / B`` for streamed, ``2**16`` for fused).
     :param torch.dtype accumulate_dtype: working dtype; default float64 (module docstring).
@@ -242,7 +253,7 @@ def score_logsumexp(
     :param torch.Tensor query: queries :math:`u`, shape ``(..., K)``.
     :param torch.Tensor keys: keys :math:`v`, shape ``(N, K)``.
     :param torch.Tensor bias: optional key bias :math:`\beta`, shape ``(N,)``.
-    :param str backend: ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"``.
+    :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"``.
     :param int chunk_size: support points per chunk (streamed/fused).
     :param torch.dtype accumulate_dtype: working dtype (default: the input dtype, at least float32).
     :returns: a tensor of shape ``query.shape[:-1]`` in the input dtype.

@@ -128,10 +128,12 @@ def screen(
     return upper, lse_hat
 
 
-def _screened_forward(q, a, b, features: FeatureMap, exact_kernel, screen_kernel, chunk_size: int, need_out: bool):
+def _screened_forward(
+    q, a, b, features: FeatureMap, exact_kernel, screen_kernel, chunk_size: int, screen_chunk_size: int, need_out: bool
+):
     """Exact ``(lse, out)`` over the certified support subset, and its indices (``None``: all points)."""
     num_support = a.shape[0]
-    screened = screen(q, a, b, features, screen_kernel, chunk_size)
+    screened = screen(q, a, b, features, screen_kernel, screen_chunk_size)
     if screened is None:
         return (*ChunkedLogSumExp._forward(q, a, b, features, exact_kernel, chunk_size, need_out), None)
     upper, lse_hat = screened
@@ -160,15 +162,19 @@ def _screened_forward(q, a, b, features: FeatureMap, exact_kernel, screen_kernel
 class ScreenedLogSumExp(torch.autograd.Function):
     """Autograd function of the screened exact row-logsumexp (module docstring).
 
-    Inputs as :class:`~.streamed.ChunkedLogSumExp`, with two kernels: the exact one (float64) and
-    the float32 fused screening kernel. Double backward is not supported.
+    Inputs as :class:`~.streamed.ChunkedLogSumExp`, with two kernels, the exact one (float64) and
+    the float32 fused screening kernel, and two chunk sizes, one for each. Double backward is not
+    supported.
     """
 
     @staticmethod
-    def forward(ctx, q, a, b, features: FeatureMap, exact_kernel, screen_kernel, chunk_size: int):  # type: ignore[override]
+    def forward(
+        ctx, q, a, b, features: FeatureMap, exact_kernel, screen_kernel, chunk_size: int, screen_chunk_size: int
+    ):  # type: ignore[override]
+        """Row-logsumexp ``L`` of shape ``(B,)``; saves what the backward pass recomputes from."""
         with flush_denormals(q.device):
             lse, out, keep = _screened_forward(
-                q, a, b, features, exact_kernel, screen_kernel, chunk_size, ctx.needs_input_grad[0]
+                q, a, b, features, exact_kernel, screen_kernel, chunk_size, screen_chunk_size, ctx.needs_input_grad[0]
             )
         ctx.features, ctx.kernel, ctx.chunk_size = features, exact_kernel, chunk_size
         ctx.save_for_backward(q, a, b, lse, out, keep)
@@ -177,6 +183,7 @@ class ScreenedLogSumExp(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
+        """Gradients of the query features and of the support parameters (``None`` for the rest)."""
         q, a, b, lse, out, keep = ctx.saved_tensors
         features = ctx.features
         grad_q = grad.unsqueeze(-1) * out if ctx.needs_input_grad[0] else None
@@ -193,7 +200,7 @@ class ScreenedLogSumExp(torch.autograd.Function):
                 grad_a = a.new_zeros(a.shape).index_copy_(0, keep, grad_a)
             if keep is not None and need_b and not features.shared:
                 grad_b = b.new_zeros(b.shape).index_copy_(0, keep, grad_b)
-        return grad_q, grad_a, grad_b, None, None, None, None
+        return grad_q, grad_a, grad_b, None, None, None, None, None
 
 
 def screened_logsumexp(
@@ -204,6 +211,11 @@ def screened_logsumexp(
     exact_kernel,
     screen_kernel,
     chunk_size: int,
+    screen_chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Apply :class:`ScreenedLogSumExp`: ``LSE_m(q_b . k_m)`` of shape ``(B,)`` in ``q``'s dtype."""
-    return ScreenedLogSumExp.apply(q, a, b, features, exact_kernel, screen_kernel, chunk_size)
+    """Apply :class:`ScreenedLogSumExp`: ``LSE_m(q_b . k_m)`` of shape ``(B,)`` in ``q``'s dtype.
+
+    ``chunk_size`` is for the exact kernel, ``screen_chunk_size`` (default: the same) for the float32 passes.
+    """
+    screen_chunk_size = screen_chunk_size or chunk_size
+    return ScreenedLogSumExp.apply(q, a, b, features, exact_kernel, screen_kernel, chunk_size, screen_chunk_size)

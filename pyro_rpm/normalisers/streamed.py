@@ -121,6 +121,7 @@ class ChunkedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, a, b, features: FeatureMap, kernel, chunk_size: int):  # type: ignore[override]
+        """Row-logsumexp ``L`` of shape ``(B,)``; saves what the backward pass recomputes from."""
         with flush_denormals(q.device):
             lse, out = ChunkedLogSumExp._forward(q, a, b, features, kernel, chunk_size, ctx.needs_input_grad[0])
         ctx.features, ctx.kernel, ctx.chunk_size = features, kernel, chunk_size
@@ -141,6 +142,7 @@ class ChunkedLogSumExp(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
+        """Gradients of the query features and of the support parameters (``None`` for the rest)."""
         q, a, b, lse, out = ctx.saved_tensors
         features, kernel, chunk_size = ctx.features, ctx.kernel, ctx.chunk_size
         grad_q = grad.unsqueeze(-1) * out if ctx.needs_input_grad[0] else None

@@ -39,7 +39,7 @@ class EmpiricalMarginalPrior(TorchDistribution):
     Subclasses implement :meth:`log_prob_excluding_marginal`, which is
     ``log_prob(z) - logsumexp_m log f(z | x_m)``.
 
-    :param str backend: normaliser backend, ``"auto"``, ``"dense"``, ``"streamed"`` or ``"fused"``
+    :param str backend: normaliser backend, ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"``
         (:mod:`pyro_rpm.normalisers`).
     """
 
