@@ -39,7 +39,7 @@ import torch.multiprocessing as mp
 from pyro import poutine
 from torch import nn
 
-import pyro_rpm.distributed as rpm_dist
+import pyro_rpm.distributed.gather as rpm_gather
 from pyro_rpm import (
     RPM_ELBO,
     CategoricalFactor,
@@ -199,12 +199,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         total = loss.clone()
         tdist.all_reduce(total)
         result["rpm"] = {"loss": loss, "total_loss": total, "local_grad": local, "summed_grad": _flat_grad(modules)}
-        original = rpm_dist.all_gather_with_grad
-        rpm_dist.all_gather_with_grad = lambda t, group=None: _LocalRowsGather.apply(t, group)
+        original = rpm_gather.all_gather_with_grad  # the name gather_factors calls
+        rpm_gather.all_gather_with_grad = lambda t, group=None: _LocalRowsGather.apply(t, group)
         try:
             _, modules = _rpm_loss_and_grad(x1[rows], x2[rows])
         finally:
-            rpm_dist.all_gather_with_grad = original
+            rpm_gather.all_gather_with_grad = original
         all_reduce_gradients(modules)
         result["rpm_naive_summed_grad"] = _flat_grad(modules)
 
