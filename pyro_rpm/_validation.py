@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
     "check_finite",
+    "check_int",
     "check_positive",
+    "check_positive_number",
     "check_same_device_and_dtype",
     "check_tensor",
 ]
@@ -45,3 +49,17 @@ def check_same_device_and_dtype(a: torch.Tensor, a_name: str, b: torch.Tensor, b
         raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}; move both to one device")
     if a.is_floating_point() and b.is_floating_point() and a.dtype != b.dtype:
         raise ValueError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}; use one dtype")
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int (not a bool) ``>= minimum``, else raise :class:`ValueError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive_number(value: object, name: str) -> float:
+    """Return ``float(value)`` for a finite real number > 0 (not a bool), else raise :class:`ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

@@ -25,11 +25,12 @@ from collections.abc import Sequence
 
 import torch
 
+from .._validation import check_int as _positive_int
+from .._validation import check_positive_number as _positive_float
+
 __all__ = [
     "_box",
     "_generator",
-    "_positive_float",
-    "_positive_int",
     "_unit_rows",
     "anisotropic_sphere",
     "bimodal_precision",
@@ -44,18 +45,6 @@ _MAX_TRIES = 1_000_000  # candidates per row before anisotropic_sphere gives up
 
 
 # --------------------------------------------------------------------------------- argument checks
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
-    return float(value)
-
-
 def _generator(generator: torch.Generator | None, seed: int) -> torch.Generator:
     if generator is not None:
         if not isinstance(generator, torch.Generator):

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ._identifiability_latents import _positive_int
+from .._validation import check_int as _positive_int
 
 __all__ = ["InvertibleMLP"]
 

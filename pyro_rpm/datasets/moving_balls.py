@@ -35,21 +35,12 @@ import math
 import numpy as np
 import torch
 
+from .._validation import check_int as _positive_int
+from .._validation import check_positive_number as _positive_float
+
 __all__ = ["ball_trajectories", "moving_balls", "render_balls"]
 
 _MAX_PLACEMENTS = 100_000
-
-
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def render_balls(

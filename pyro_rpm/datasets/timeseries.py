@@ -21,13 +21,9 @@ import math
 
 import torch
 
+from .._validation import check_int as _positive_int
+
 __all__ = ["bouncing_ball_poisson", "linear_gaussian_ssm"]
-
-
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _finite_float(value: object, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
