@@ -168,6 +168,29 @@ def test_wide_factors_fall_back_to_computing_everything(kept):
     check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
 
 
+def test_wide_factors_are_recognised_before_any_float32_work(kept, monkeypatch):
+    """The float64 probe (density peaks bound every row's normaliser) decides alone: no float32 pass runs."""
+    calls = []
+    monkeypatch.setattr(screened_module, "merge_online", lambda *args: calls.append(1))
+    z, loc, scale = rpm_problem(n=5000, log_scale=(0.0, 0.5), spread=0.5, seed=5)
+    gaussian_logsumexp(z, loc, scale, backend="screened")
+    assert kept == [None] and not calls
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_point", "shared"])
+@pytest.mark.parametrize("is_scale", [True, False], ids=["scale", "precision"])
+def test_max_score_is_the_largest_density_peak(shared, is_scale):
+    """GaussianFeatures.max_score = max_m log N(mu_m; mu_m, lambda_m^-1), the supremum of every score."""
+    z, loc, scale = (t.detach() for t in rpm_problem(n=50, d=3, seed=8))
+    param = scale[0] if shared else scale
+    param = param if is_scale else param.pow(-2)
+    features = GaussianFeatures(loc.mean(0), is_scale=is_scale, shared=shared)
+    peaks = (features.query(loc) * features.keys(loc, param)).sum(-1)  # score of z = mu_m against m
+    assert features.max_score(loc, param) == pytest.approx(float(peaks.max()), rel=1e-12)
+    random_scores = features.query(z) @ features.keys(loc, param).T
+    assert float(random_scores.max()) <= features.max_score(loc, param)
+
+
 def test_float32_overflow_falls_back_to_computing_everything(kept):
     """Precisions of 1e40 (scale 1e-20) overflow float32: no screening; the result is the plain fused one."""
     z, loc, scale = (t.detach() for t in rpm_problem(n=3000, seed=6))

@@ -69,6 +69,10 @@ class FeatureMap:
         """Gradients of :math:`\\sum_m dk_m \\cdot k_m` w.r.t. ``a`` and ``b`` (per support row, ``(C, ...)``)."""
         raise NotImplementedError
 
+    def max_score(self, a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+        """An upper bound of every score :math:`q \\cdot k_m` over all possible queries, or ``None`` if unbounded."""
+        return None
+
     def param_chunk(self, b: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
         """The rows ``start:stop`` of the second parameter (all of it when shared or absent)."""
         if b is None or self.shared:
@@ -103,6 +107,10 @@ class GaussianFeatures(FeatureMap):
         r""":math:`\tfrac12 \sum_d \log\lambda_d - \tfrac D2 \log 2\pi` (a scalar when shared)."""
         logs = param.to(self.work_dtype).log().sum(-1)
         return (-logs if self.is_scale else 0.5 * logs) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def max_score(self, a: torch.Tensor, b: torch.Tensor | None) -> float:
+        r""":math:`\max_m \log\mathcal N(\mu_m; \mu_m, \operatorname{diag}\lambda_m^{-1})`, the largest density peak."""
+        return float(self._half_log_det(b.detach()).max())
 
     def keys(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         mc = a.to(self.work_dtype) - self.centre

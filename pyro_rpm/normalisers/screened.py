@@ -84,17 +84,38 @@ def _threshold(num_support: int) -> float:
     return -(SCREEN_MARGIN + math.log(num_support))
 
 
+def _surely_dense(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, features: FeatureMap) -> bool:
+    r"""Whether more than :data:`DENSE_FRACTION` of a probe of support points certainly matter, in float64
+    and before any float32 pass.
+
+    With :math:`C = \max_m \max_z s(z, m)` (:meth:`~.features.FeatureMap.max_score`),
+    :math:`L_b \le \log N + C`, so a point with :math:`\max_b s_{bm} > C - \text{SCREEN_MARGIN}`
+    has :math:`s_{bm} - L_b > -T` and would be kept; the test never calls a sparse problem dense.
+    """
+    num_support = a.shape[0]
+    peak = features.max_score(a, b)
+    if peak is None or not math.isfinite(peak):
+        return False
+    probe = torch.arange(0, num_support, max(1, num_support // PROBE_SIZE), device=a.device)
+    keys = features.keys(a.detach().index_select(0, probe), _gather(None if b is None else b.detach(), probe, features))
+    best = (q.detach() @ keys.T).amax(0)
+    return float((best > peak - SCREEN_MARGIN).double().mean()) > DENSE_FRACTION
+
+
 def screen(
     q: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, features: FeatureMap, kernel, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     r"""The float32 passes: upper bounds :math:`U_m \ge \max_b (s_{bm} - \hat L_b)` for every support
-    point and :math:`\hat L` (both in ``q``'s dtype), or ``None`` when screening cannot pay: float32
-    overflowed, or a probe of :data:`PROBE_SIZE` evenly spaced points finds more than
-    :data:`DENSE_FRACTION` of them needed.
+    point and :math:`\hat L` (both in ``q``'s dtype), or ``None`` when screening cannot pay: a probe
+    of :data:`PROBE_SIZE` evenly spaced points finds more than :data:`DENSE_FRACTION` of them needed,
+    first certainly (:func:`_surely_dense`, before any float32 work) and then by the float32
+    bounds, or float32 overflowed.
 
     ``kernel`` is a float32 fused kernel (:class:`~.fused.FusedKernel`); ``q`` the float64 query features.
     """
     num_support, dim = a.shape[0], q.shape[1]
+    if _surely_dense(q, a, b, features):
+        return None
     width, ones = kernel.key_width(dim, backward=True)
     q = q.detach()
     q_abs = q.abs().amax(0)
