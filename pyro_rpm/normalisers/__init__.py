@@ -22,9 +22,10 @@ Backends (``backend=``):
   a certified rounding-error bound; the points that can weigh more than :math:`e^{-40}/N` of a row
   are computed exactly in float64 (fused, else streamed), the others are provably negligible. Exact
   like the float64 backends, and faster where each latent sees few support points (the usual RPM
-  regime: 1.7x the fused backend at N = 1e5-1e6 on ``benchmarks/normaliser.py``); about 1.2-1.3x
-  slower than ``"fused"`` where every point matters (wide factors). With float32 work (dot-product
-  scores of float32 inputs, or ``accumulate_dtype=torch.float32``) it is ``"fused"``.
+  regime: 1.5-1.7x the fused backend at N = 1e5-1e6 on ``benchmarks/normaliser.py``); about
+  1.05x the time of ``"fused"`` where every point matters (wide factors, recognised by a cheap
+  probe). With float32 work (dot-product scores of float32 inputs, or
+  ``accumulate_dtype=torch.float32``) it is ``"fused"``.
 * ``"auto"`` (default): ``"dense"`` for small tables (:math:`B N \le 2^{16}`); ``"screened"`` from
   :math:`2^{20}` pairs with float64 work where a float32 fused kernel exists; else ``"fused"`` where
   available, else ``"streamed"``.
