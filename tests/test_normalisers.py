@@ -336,9 +336,9 @@ def test_streamed_peak_memory_at_1e5_is_bounded():
     float32 gradients of ``loc`` and ``scale`` (2 x 3.2 MB) plus one chunk of scores (8 MB).
     """
     # dense last: memory it frees stays resident and would hide later peaks
-    backends = ["streamed"] + (["fused"] if HAS_FUSED else []) + ["dense"]
+    backends = ["streamed"] + (["fused", "screened"] if HAS_FUSED else []) + ["dense"]
     # a fixed mmap threshold makes glibc return every freed block >= 128 KiB at once, so the
-    # resident size follows the live allocations (measured: streamed 18 MB, fused 43 MB, dense 824 MB)
+    # resident size follows the live allocations (measured: streamed 18 MB, fused 43 MB, screened 27 MB, dense 824 MB)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, *backends], capture_output=True, text=True, cwd=ROOT, check=True, env=env
@@ -349,6 +349,7 @@ def test_streamed_peak_memory_at_1e5_is_bounded():
     assert peaks["dense"] > 2 * 102.4, peaks  # control: the dense path's float64 table is visible
     if HAS_FUSED:
         assert peaks["fused"] < bound, peaks
+        assert peaks["screened"] < bound, peaks
 
 
 # ----------------------------------------------------------------------------------------------
