@@ -106,14 +106,23 @@ def test_chunk_sizes(kept, chunk_size):
     check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
 
 
-def test_dot_product_scores_in_float64_are_screened(kept):
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_dot_product_scores_in_float64_are_screened(kept, with_bias):
     g = torch.Generator().manual_seed(2)
     query = (8 * torch.randn(30, 6, generator=g, dtype=torch.float64)).requires_grad_()
     keys = (8 * torch.randn(5000, 6, generator=g, dtype=torch.float64)).requires_grad_()
-    bias = (10 * torch.randn(5000, generator=g, dtype=torch.float64)).requires_grad_()
+    bias = (10 * torch.randn(5000, generator=g, dtype=torch.float64)).requires_grad_() if with_bias else None
+    inputs, names = ((query, keys, bias), ("query", "keys", "bias")) if with_bias else ((query, keys), ("q", "k"))
     got = score_logsumexp(query, keys, bias, backend="screened", chunk_size=1024)
     assert kept[-1] is not None and kept[-1].numel() < 2500
-    check_against_reference((query, keys, bias), got, naive_scores(query, keys, bias), ("query", "keys", "bias"))
+    check_against_reference(inputs, got, naive_scores(query, keys, bias), names)
+
+
+@pytest.mark.parametrize("n", [1, 2, 17])
+def test_tiny_support_sets(n):
+    z, loc, scale = rpm_problem(n=n, batch=5, seed=9)
+    got = gaussian_logsumexp(z, loc, scale, backend="screened")
+    check_against_reference((z, loc, scale), got, naive_gaussian(z, loc, scale))
 
 
 @pytest.mark.parametrize("scale_range", [(-7.0, -5.0), (-3.0, 0.0), (-1.0, 4.0)], ids=["1e-3", "0.05-1", "wide"])
