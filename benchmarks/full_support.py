@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import pyro
 import pyro.distributions as dist
 import torch
-from _common import reset_peak, rss_mb, tag
+from _common import reset_peak, rss_mb, run_json_child, tag
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
@@ -135,13 +134,7 @@ def _run_child(mode: str, n: int, args, *, memory: bool) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", mode, str(n), "--seed", str(args.seed)]
     cmd += ["--device", args.device, "--batch", str(args.batch), "--dim", str(args.dim)]
     cmd += ["--chunk", str(args.chunk), "--steps", str(steps), "--out", args.out]
-    # fixed mmap threshold: glibc unmaps every freed block >= 128 KiB, so RSS follows live
-    # allocations (it also makes every large allocation fault in fresh pages, so time separately)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072") if memory else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measurement {mode} N={n} failed:\n{proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = run_json_child(cmd, f"{mode} N={n}", fixed_mmap=memory)
     return {"peak_mb": row["peak_mb"]} if memory else {k: v for k, v in row.items() if k != "peak_mb"}
 
 

@@ -47,12 +47,11 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
-from _common import reset_peak, rss_mb, sync, tag
+from _common import reset_peak, rss_mb, run_json_child, sync, tag
 
 from pyro_rpm._script import emit, progress, script_parser, setup
 from pyro_rpm.normalisers import gaussian_logsumexp, resolve_backend
@@ -172,12 +171,7 @@ def _run_child(name: str, n: int, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", name, str(n), "--seed", str(args.seed)]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--batch", str(args.batch), "--dim", str(args.dim)]
     cmd += ["--problem", args.problem]
-    # fixed mmap threshold: glibc unmaps every freed block >= 128 KiB, so RSS follows live allocations
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measurement {name} N={n} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, f"{name} N={n}", fixed_mmap=True)
 
 
 def _rel(a: list[float], b: list[float], floor: float) -> float:

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-r"""Shared parts of ``identifiability.py`` and ``anisotropic.py``: InfoNCE written as an RPM.
+r"""Shared parts of the contrastive examples (``identifiability.py``, ``anisotropic.py``,
+``moving_balls.py``, ``optimal_prior_mi.py``): InfoNCE written as an RPM.
 
 The model is the one of ``docs/core.md`` §7, with one encoder :math:`e` shared by both views:
 
@@ -66,21 +67,39 @@ def encoder_mlp(dim: int, hidden: Sequence[int], *, sphere: bool) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+def infonce_model(
+    encoder1: nn.Module,
+    encoder2: nn.Module,
+    coupling: Coupling,
+    *,
+    plate: str = "data",
+    sites: Sequence[str] = ("z1", "z2", "x1", "x2"),
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The InfoNCE-as-RPM model (module docstring) over two recognition modules, which may be one.
+
+    :param sites: names of the two latents and the two observed views.
+    :returns: the model, taking ``(x1, x2)`` of shape ``(B, obs_dim)``.
+    """
+    z1_site, z2_site, x1_site, x2_site = sites
+
+    def model(x1: torch.Tensor, x2: torch.Tensor) -> None:
+        f1, f2 = encoder1(x1), encoder2(x2)
+        with pyro.plate(plate, x1.shape[0]):
+            z1 = pyro.sample(z1_site, MarginalPrior(f1))
+            z2 = pyro.sample(z2_site, ContrastivePrior(f2, coupling, z1))
+            observe(x1_site, f1, z1)
+            observe(x2_site, f2, z2)
+
+    return model
+
+
 def infonce_rpm(net: nn.Module, dim: int, coupling: Coupling, name: str = "encoder"):
     """The InfoNCE-as-RPM model and its tied guide, one :class:`DeltaRecognition` for both views.
 
     :returns: ``(model, guide)`` taking ``(x1, x2)`` of shape ``(B, obs_dim)``.
     """
     encoder = DeltaRecognition(net, dim, name=name)
-
-    def model(x1: torch.Tensor, x2: torch.Tensor) -> None:
-        f1, f2 = encoder(x1), encoder(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
-
+    model = infonce_model(encoder, encoder, coupling)
     return model, RecognitionGuide(model)
 
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -61,16 +62,17 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_rpm import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _contrastive_rpm import infonce_model  # noqa: E402
+
+from pyro_rpm import (  # noqa: E402
     RPM_ELBO,
     BilinearCoupling,
-    ContrastivePrior,
     Coupling,
     DeltaRecognition,
-    MarginalPrior,
     RBFCoupling,
     RecognitionGuide,
-    observe,
 )
 from pyro_rpm._script import emit, progress, script_parser, setup
 from pyro_rpm.datasets.moving_balls import moving_balls
@@ -130,15 +132,7 @@ def make_coupling(kind: str) -> Coupling:
 def infonce_rpm(net: nn.Module, coupling: Coupling):
     """The InfoNCE RPM over adjacent frames, one encoder for both; returns ``(model, guide)``."""
     encoder = DeltaRecognition(net, 2 * NUM_BALLS, name="ball_encoder")
-
-    def model(frame: torch.Tensor, next_frame: torch.Tensor) -> None:
-        f1, f2 = encoder(frame), encoder(next_frame)
-        with pyro.plate("pairs", frame.shape[0]):
-            z1 = pyro.sample("z_t", MarginalPrior(f1))
-            z2 = pyro.sample("z_next", ContrastivePrior(f2, coupling, z1))
-            observe("x_t", f1, z1)
-            observe("x_next", f2, z2)
-
+    model = infonce_model(encoder, encoder, coupling, plate="pairs", sites=("z_t", "z_next", "x_t", "x_next"))
     return model, RecognitionGuide(model)
 
 

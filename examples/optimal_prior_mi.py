@@ -99,6 +99,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -107,12 +108,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_rpm import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _contrastive_rpm import infonce_model  # noqa: E402
+
+from pyro_rpm import (  # noqa: E402
     RPM_ELBO,
-    ContrastivePrior,
     DeltaRecognition,
     GaussianRecognition,
-    MarginalPrior,
     RBFCoupling,
     RecognitionGuide,
     observe,
@@ -250,14 +253,7 @@ def train_infonce(x1, x2, *, steps, batch_size, lr, show_progress, seed):
     e1, e2 = DeltaRecognition(net1, dim, name="e1"), DeltaRecognition(net2, dim, name="e2")
     coupling = RBFCoupling(1.0, name="g_rbf").to(x1.device, x1.dtype)
 
-    def model(x1, x2):
-        f1, f2 = e1(x1), e2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
-
+    model = infonce_model(e1, e2, coupling)
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.05 ** (1 / steps), "clip_norm": 100.0})
     svi = pyro.infer.SVI(model, RecognitionGuide(model), optim, RPM_ELBO())
     generator = torch.Generator().manual_seed(seed)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._learnable import set_learnable
 from ._validation import check_positive
 from .factors import Factor, GaussianFactor, use_dense
 from .normalisers import gaussian_logsumexp, score_logsumexp
@@ -52,7 +53,8 @@ __all__ = [
 _COUNTER = itertools.count()
 
 
-def _positive_param(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> nn.Parameter:
+def _log_positive(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """``log(value)`` expanded to ``shape`` (a fresh tensor), after checking that ``value`` is positive."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     check_positive(value, name)
@@ -61,7 +63,7 @@ def _positive_param(value: float | torch.Tensor, shape: tuple[int, ...], name: s
         tensor = tensor.expand(shape)
     except RuntimeError:
         raise ValueError(f"{name} must be a scalar or have shape {shape}, got shape {tuple(tensor.shape)}") from None
-    return nn.Parameter(torch.log(tensor.clone()))
+    return torch.log(tensor.clone())
 
 
 class Coupling(nn.Module):
@@ -95,19 +97,27 @@ class Coupling(nn.Module):
     ) -> torch.Tensor:
         r""":math:`\log\sum_m \mathbb E_{f_m}[\exp g(z, z')]`, shape ``z.shape[:-1]``.
 
-        The row-logsumexp of :meth:`expected_pairwise`. This base version builds the table; the
-        bilinear, RBF and cosine couplings stream it for large supports (module docstring).
+        The row-logsumexp of :meth:`expected_pairwise`: the table for small supports or
+        ``backend="dense"``, else :meth:`_streamed_logsumexp` where a coupling has one (bilinear,
+        RBF and cosine; module docstring).
 
         :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (:mod:`pyro_rpm.normalisers`).
         :param int chunk_size: support points per chunk (streamed/fused backends).
         """
-        use_dense(backend, 0)  # validates the name
-        return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
-
-    @staticmethod
-    def _dense(backend: str, z: torch.Tensor, factors: Factor) -> bool:
         rows = z.numel() // z.shape[-1] if z.shape[-1] else 0
-        return use_dense(backend, rows * factors.num_support)
+        if use_dense(backend, rows * factors.num_support) or not self.streams:
+            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+        self._register()
+        return self._streamed_logsumexp(z, factors, backend, chunk_size)
+
+    #: whether :meth:`_streamed_logsumexp` is implemented.
+    streams: bool = False
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        """:meth:`expected_logsumexp` without the table (parameters already registered)."""
+        raise NotImplementedError
 
 
 def _stochastic_gaussian(factors: Factor) -> bool:
@@ -138,10 +148,7 @@ class BilinearCoupling(Coupling):
         if isinstance(dim2, bool) or not isinstance(dim2, int) or dim2 < 1:
             raise ValueError(f"dim2 must be a positive int or None, got {dim2!r}")
         weight = torch.eye(dim, dim2)
-        if learn:
-            self.weight = nn.Parameter(weight)
-        else:
-            self.register_buffer("weight", weight)
+        set_learnable(self, "weight", weight, learn)
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()
@@ -158,12 +165,11 @@ class BilinearCoupling(Coupling):
         u = z @ self.weight.to(z.dtype)
         return u @ factors.loc.transpose(-1, -2) + 0.5 * (u * u) @ factors.variance.transpose(-1, -2)
 
-    def expected_logsumexp(
-        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
-        if self._dense(backend, z, factors):
-            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
-        self._register()
         u = z @ self.weight.to(z.dtype)
         if not _stochastic_gaussian(factors):
             return score_logsumexp(u, factors.mean, backend=backend, chunk_size=chunk_size)
@@ -190,11 +196,7 @@ class AnisotropicRBFCoupling(Coupling):
         super().__init__(name=name)
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        param = _positive_param(lengthscale, self._shape(dim), "lengthscale")
-        if learn:
-            self.log_lengthscale = param
-        else:
-            self.register_buffer("log_lengthscale", param.detach())
+        set_learnable(self, "log_lengthscale", _log_positive(lengthscale, self._shape(dim), "lengthscale"), learn)
 
     def _shape(self, dim: int) -> tuple[int, ...]:
         return (dim,)
@@ -227,12 +229,11 @@ class AnisotropicRBFCoupling(Coupling):
         log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
         return quadratic_pairwise(z, factors.loc, total.reciprocal()) + log_shrink
 
-    def expected_logsumexp(
-        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
-        if self._dense(backend, z, factors):
-            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
-        self._register()
         dim = z.shape[-1]
         ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(dim)
         # log sum_m N(z; mu_m, diag(l^2 + s_m^2)) + D/2 log 2 pi + sum_d log l_d
@@ -273,11 +274,7 @@ class CosineCoupling(Coupling):
 
     def __init__(self, temperature: float = 0.1, *, learn: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
-        param = _positive_param(temperature, (), "temperature")
-        if learn:
-            self.log_temperature = param
-        else:
-            self.register_buffer("log_temperature", param.detach())
+        set_learnable(self, "log_temperature", _log_positive(temperature, (), "temperature"), learn)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -293,12 +290,11 @@ class CosineCoupling(Coupling):
         an = F.normalize(atoms, dim=-1, eps=1e-8)
         return zn @ an.transpose(-1, -2) / self.temperature.to(z.dtype)
 
-    def expected_logsumexp(
-        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
-        if self._dense(backend, z, factors):
-            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
-        self._register()
         query = F.normalize(z, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
         keys = F.normalize(factors.mean, dim=-1, eps=1e-8)
         return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
@@ -316,11 +312,7 @@ class LaplaceCoupling(Coupling):
 
     def __init__(self, scale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
-        param = _positive_param(scale, (), "scale")
-        if learn:
-            self.log_scale = param
-        else:
-            self.register_buffer("log_scale", param.detach())
+        set_learnable(self, "log_scale", _log_positive(scale, (), "scale"), learn)
 
     @property
     def scale(self) -> torch.Tensor:

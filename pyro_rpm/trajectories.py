@@ -45,11 +45,9 @@ from torch.distributions.utils import lazy_property
 
 from ._validation import check_finite, check_same_device_and_dtype, check_tensor
 from .factors import Factor, GaussianFactor
+from .timeseries import POOLINGS, _check_frame_factors
 
 __all__ = ["POOLINGS", "TrajectoryLikelihood", "observe_trajectories"]
-
-#: The empirical-marginal choices (the same names as :data:`pyro_rpm.timeseries.POOLINGS`).
-POOLINGS = ("data", "ergodic")
 
 
 def _gaussian_table_per_step(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -87,14 +85,7 @@ class TrajectoryLikelihood(TorchDistribution):
     has_enumerate_support = False
 
     def __init__(self, factors: Factor, latent: torch.Tensor, pooling: str = "data", *, validate_args=None) -> None:
-        if not isinstance(factors, Factor):
-            raise TypeError(
-                f"factors must be a pyro_rpm Factor (recognition(x.flatten(0, 1))), got {type(factors).__name__}"
-            )
-        if len(factors.batch_shape) != 1:
-            raise ValueError(
-                f"factors must have batch_shape (N*T,) (frames in sequence-major order), got {tuple(factors.batch_shape)}"
-            )
+        _check_frame_factors(factors)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         check_tensor(latent, "latent")

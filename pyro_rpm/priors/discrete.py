@@ -36,6 +36,7 @@ import torch
 from pyro.ops.indexing import Vindex
 from torch import nn
 
+from .._learnable import set_learnable
 from .._validation import check_finite, check_tensor
 from ..recognition import register_module
 
@@ -124,10 +125,7 @@ class CategoricalPrior(nn.Module):
             logits = torch.zeros(K)
         else:
             logits = _safe_log(_check_probs(probs, "probs", (K,)))
-        if learn:
-            self.logits = nn.Parameter(logits)
-        else:
-            self.register_buffer("logits", logits)
+        set_learnable(self, "logits", logits, learn)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -202,14 +200,8 @@ class HMMPrior(nn.Module):
             transition = torch.full((K, K), 0.5 / (K - 1))
             transition.fill_diagonal_(0.5)
         trans_logits = _safe_log(_check_probs(transition, "transition", (K, K)))
-        if learn_init:
-            self.init_logits = nn.Parameter(init_logits)
-        else:
-            self.register_buffer("init_logits", init_logits)
-        if learn_transition:
-            self.transition_logits = nn.Parameter(trans_logits)
-        else:
-            self.register_buffer("transition_logits", trans_logits)
+        set_learnable(self, "init_logits", init_logits, learn_init)
+        set_learnable(self, "transition_logits", trans_logits, learn_transition)
 
     @property
     def initial_probs(self) -> torch.Tensor:

@@ -62,6 +62,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .._learnable import set_learnable
 from .._validation import check_finite, check_positive, check_tensor
 from ..recognition import register_module
 from .gaussian_sequence import ConjugateGaussianSequence, check_pseudo_observations
@@ -348,10 +349,7 @@ class GaussianProcessPrior(nn.Module):
             if inducing.shape[0] > 1 and bool((inducing.sort().values.diff() == 0).any()):
                 raise ValueError("inducing_times must be distinct")
             inducing = inducing.detach().clone()
-            if learn_inducing:
-                self.inducing_times = nn.Parameter(inducing)
-            else:
-                self.register_buffer("inducing_times", inducing)
+            set_learnable(self, "inducing_times", inducing, learn_inducing)
 
     @property
     def sparse(self) -> bool:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.distributions import biject_to, constraints
 
+from .._learnable import set_learnable
 from .._validation import check_finite, check_tensor
 
 __all__ = ["KERNELS", "Kernel", "Matern12", "Matern32", "Matern52", "RBF", "make_kernel"]
@@ -78,14 +79,8 @@ class Kernel(nn.Module):
         to_unconstrained = biject_to(constraints.positive).inv
         raw_lengthscale = to_unconstrained(_per_dimension(lengthscale, latent_dim, "lengthscale"))
         raw_scale = to_unconstrained(_per_dimension(scale, latent_dim, "scale"))
-        if learn_lengthscale:
-            self.unconstrained_lengthscale = nn.Parameter(raw_lengthscale)
-        else:
-            self.register_buffer("unconstrained_lengthscale", raw_lengthscale)
-        if learn_scale:
-            self.unconstrained_scale = nn.Parameter(raw_scale)
-        else:
-            self.register_buffer("unconstrained_scale", raw_scale)
+        set_learnable(self, "unconstrained_lengthscale", raw_lengthscale, learn_lengthscale)
+        set_learnable(self, "unconstrained_scale", raw_scale, learn_scale)
 
     @property
     def lengthscale(self) -> torch.Tensor:

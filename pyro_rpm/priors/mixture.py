@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from pyro.ops.indexing import Vindex
 from torch import nn
 
+from .._learnable import set_learnable
 from .._validation import check_positive, check_tensor
 from ..recognition import register_module
 
@@ -98,10 +99,7 @@ class MixturePrior(nn.Module):
         raw_scale = torch.full((C, D), math.log(math.expm1(init_scale - min_scale)))
         tensors = {"logits": torch.zeros(C), "loc": loc, "raw_scale": raw_scale}
         for key, value in tensors.items():
-            if learn:
-                setattr(self, key, nn.Parameter(value))
-            else:
-                self.register_buffer(key, value)
+            set_learnable(self, key, value, learn)
 
     @property
     def weights(self) -> torch.Tensor:

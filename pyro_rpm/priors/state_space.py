@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._learnable import set_learnable
 from .._validation import check_positive
 from ..recognition import register_module
 from . import markov_chain as _chain
@@ -155,7 +156,7 @@ class LinearGaussianStateSpacePrior(nn.Module):
         eye = torch.eye(latent_dim)
         c = float(init_decay)
         weight = eye * (c / math.sqrt(1 - c * c)) if stable else eye * c
-        self._register("weight", weight, learn)
+        set_learnable(self, "weight", weight, learn)
         if not stationary:
             if noise_scale is None:
                 sigma = math.sqrt(1 - c * c) if abs(c) < 1 else 1.0  # unit marginals at initialisation
@@ -163,14 +164,8 @@ class LinearGaussianStateSpacePrior(nn.Module):
                 check_positive(noise_scale, "noise_scale")
                 sigma = float(noise_scale)
             raw_diag = torch.full((latent_dim,), float(torch.log(torch.expm1(torch.tensor(sigma)))))
-            self._register("noise_diag_unconstrained", raw_diag, learn)
-            self._register("noise_offdiag", torch.zeros(latent_dim, latent_dim), learn)
-
-    def _register(self, name: str, value: torch.Tensor, learn: bool) -> None:
-        if learn:
-            setattr(self, name, nn.Parameter(value))
-        else:
-            self.register_buffer(name, value)
+            set_learnable(self, "noise_diag_unconstrained", raw_diag, learn)
+            set_learnable(self, "noise_offdiag", torch.zeros(latent_dim, latent_dim), learn)
 
     @property
     def transition_matrix(self) -> torch.Tensor:
