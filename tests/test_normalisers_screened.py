@@ -15,7 +15,13 @@ import pytest
 import torch
 from test_normalisers import naive_gaussian, naive_scores
 
-from pyro_rpm.normalisers import fused_available, gaussian_logsumexp, score_logsumexp
+from pyro_rpm.normalisers import (
+    fused_available,
+    gaussian_logsumexp,
+    resolve_backend,
+    score_logsumexp,
+    screening_available,
+)
 from pyro_rpm.normalisers import screened as screened_module
 from pyro_rpm.normalisers.features import GaussianFeatures
 from pyro_rpm.normalisers.fused import fused_kernel
@@ -268,3 +274,22 @@ def test_svi_training_with_the_whole_data_support_matches_the_fused_backend(kept
     assert len(kept) >= 10 and all(k is not None and k.numel() < n // 2 for k in kept)
     assert torch.allclose(screened_losses, fused_losses, rtol=1e-6, atol=0.0)
     assert torch.allclose(screened_params, fused_params, rtol=1e-6, atol=1e-7)  # measured: identical
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    z, loc, scale = rpm_problem(n=100, batch=4)
+    with pytest.raises(ValueError, match="device must be a torch.device"):
+        screening_available("bogus", torch.float64)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        screening_available("cpu", "float64")
+    with pytest.raises(ValueError, match="backend='screened' is not available .*float16"):
+        resolve_backend("screened", 10, torch.device("cpu"), torch.float16)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        gaussian_logsumexp(z, loc, scale, backend="screened", chunk_size=0)
+    with pytest.raises(ValueError, match="scale must be finite and strictly positive"):
+        gaussian_logsumexp(z, loc, -scale, backend="screened")
+    with pytest.raises(ValueError, match="loc must be finite"):
+        gaussian_logsumexp(z, loc.detach() * float("nan"), scale, backend="screened")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gaussian_logsumexp(z, loc, scale, backend="Screened")
+    assert screening_available("cpu", torch.float64) and not screening_available("cpu", torch.float32)

@@ -84,8 +84,13 @@ _FUSED_CHUNK = 2**16
 
 
 def screening_available(device: torch.device, work_dtype: torch.dtype) -> bool:
-    """Whether the ``"screened"`` backend runs here: float64 work with a float32 fused kernel to screen."""
-    return work_dtype == torch.float64 and fused_available(device, torch.float32)
+    """Whether the ``"screened"`` backend runs here: float64 work with a float32 fused kernel to screen.
+
+    :raises ValueError: if ``device`` is not a device; :raises TypeError: if ``work_dtype`` is not a torch dtype.
+    """
+    return (
+        fused_available(device, torch.float32) and fused_available(device, work_dtype) and work_dtype == torch.float64
+    )
 
 
 def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dtype: torch.dtype) -> str:
@@ -96,9 +101,12 @@ def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dty
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    requested = backend
+    if backend == "screened" and work_dtype != torch.float64:
+        backend = "fused"  # float32 work: the screening pass would be the whole computation
     if backend == "fused" and not fused_available(device, work_dtype):
         raise ValueError(
-            f"backend='fused' is not available for device {device} with working dtype {work_dtype} "
+            f"backend={requested!r} is not available for device {device} with working dtype {work_dtype} "
             "(CPU: float32/float64; CUDA: float32); use backend='auto' or 'streamed'"
         )
     if backend == "screened" and not fused_available(device, torch.float32):
@@ -106,8 +114,6 @@ def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dty
             f"backend='screened' needs a float32 fused kernel, which device {device} lacks; "
             "use backend='auto' or 'streamed'"
         )
-    if backend == "screened" and work_dtype != torch.float64:
-        return "fused"  # float32 work: the screening pass would be the whole computation
     if backend != "auto":
         return backend
     if num_pairs <= DENSE_MAX_PAIRS:

@@ -127,8 +127,16 @@ def _probe(device: str, dtype: torch.dtype) -> bool:
 
 
 def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether a fused kernel works for this device and working dtype (probed once, then cached)."""
-    device = torch.device(device)
+    """Whether a fused kernel works for this device and working dtype (probed once, then cached).
+
+    :raises ValueError: if ``device`` is not a device; :raises TypeError: if ``dtype`` is not a torch dtype.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch.device or a device string, got {device!r}") from error
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return _probe(str(device), dtype)
