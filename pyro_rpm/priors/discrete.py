@@ -88,7 +88,22 @@ def _safe_log(probs: torch.Tensor) -> torch.Tensor:
     return probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
 
 
-class CategoricalPrior(nn.Module):
+class _StatePrior(nn.Module):
+    """Shared set-up of the discrete priors: the number of states, the enumeration strategy, the name."""
+
+    def __init__(self, num_states: int, enumerate: str | None, name: str) -> None:
+        super().__init__()
+        self.num_states = _check_num_states(num_states)
+        self.enumerate = _check_enumerate(enumerate)
+        self.name = str(name)
+
+    @property
+    def _infer(self) -> dict:
+        """The ``infer`` dict of this prior's sample sites (a fresh one per call)."""
+        return {"enumerate": self.enumerate} if self.enumerate else {}
+
+
+class CategoricalPrior(_StatePrior):
     r"""A categorical prior :math:`z \sim \mathrm{Categorical}(\pi)` over ``num_states`` states.
 
     :param int num_states: number of states K (at least 2).
@@ -116,11 +131,8 @@ class CategoricalPrior(nn.Module):
         enumerate: str | None = "parallel",
         name: str = "categorical_prior",
     ) -> None:
-        super().__init__()
-        K = _check_num_states(num_states)
-        self.num_states = K
-        self.enumerate = _check_enumerate(enumerate)
-        self.name = str(name)
+        super().__init__(num_states, enumerate, name)
+        K = self.num_states
         if probs is None:
             logits = torch.zeros(K)
         else:
@@ -139,11 +151,10 @@ class CategoricalPrior(nn.Module):
 
     def forward(self, name: str) -> torch.Tensor:
         """Sample the site ``name`` (enumerated unless ``enumerate=None``) and return its value."""
-        infer = {"enumerate": self.enumerate} if self.enumerate else {}
-        return pyro.sample(name, self.distribution(), infer=infer)
+        return pyro.sample(name, self.distribution(), infer=self._infer)
 
 
-class HMMPrior(nn.Module):
+class HMMPrior(_StatePrior):
     r"""A discrete hidden Markov chain prior with a learnable transition matrix.
 
     .. math::
@@ -190,11 +201,8 @@ class HMMPrior(nn.Module):
         enumerate: str | None = "parallel",
         name: str = "hmm_prior",
     ) -> None:
-        super().__init__()
-        K = _check_num_states(num_states)
-        self.num_states = K
-        self.enumerate = _check_enumerate(enumerate)
-        self.name = str(name)
+        super().__init__(num_states, enumerate, name)
+        K = self.num_states
         init_logits = torch.zeros(K) if init is None else _safe_log(_check_probs(init, "init", (K,)))
         if transition is None:
             transition = torch.full((K, K), 0.5 / (K - 1))
@@ -229,11 +237,10 @@ class HMMPrior(nn.Module):
     def _chain(self, name: str, num_steps: int) -> Iterator[tuple[int, torch.Tensor]]:
         register_module(self.name, self)
         init_logits, trans_logits = self.init_logits, self.transition_logits.log_softmax(-1)
-        infer = {"enumerate": self.enumerate} if self.enumerate else {}
         z = None
         for t in pyro.markov(range(num_steps)):
             logits = init_logits if z is None else Vindex(trans_logits)[z]
-            z = pyro.sample(f"{name}_{t}", dist.Categorical(logits=logits), infer=dict(infer))
+            z = pyro.sample(f"{name}_{t}", dist.Categorical(logits=logits), infer=self._infer)
             yield t, z
 
     def log_prob(self, path: torch.Tensor) -> torch.Tensor:
