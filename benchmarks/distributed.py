@@ -3,7 +3,7 @@ r"""Data-parallel RPM training: 1 process against 2 processes on the same global
 
 The canonical two-view RPM (MLP 10 → 64 → 64 → 4 recognition networks, Gaussian factors in the
 "prior + network" form, tied guide, :class:`pyro_rpm.RPM_ELBO` under :class:`pyro.infer.SVI` with
-:class:`~pyro_rpm.distributed.DistributedOptim` around :class:`~pyro_rpm.optim.FusedAdam`) is
+:class:`~pyro_rpm.distributed.DistributedOptim` around :class:`~pyro_rpm.train.optim.FusedAdam`) is
 trained for ``--steps`` steps on global minibatches of G = ``--batch-size`` points with the
 in-batch support of all G points:
 
@@ -53,10 +53,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.synthetic import two_view_gaussian
 from pyro_rpm.distributed import DistributedOptim, ShardedNoise, gather_factors, local_index, rank_subsample
-from pyro_rpm.optim import FusedAdam
+from pyro_rpm.train.optim import FusedAdam
 
 D, OBS_DIM, HIDDEN, NOISE, LR = 2, 10, 64, 0.1, 3e-3
 FULL = {"n": 4096, "batch_size": 512, "steps": 300, "warmup": 20, "rounds": 3}

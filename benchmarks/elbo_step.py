@@ -19,7 +19,7 @@ check that the sides do the same computation, the script reports the loss and th
 both at the initial parameters (``initial_loss_abs_diff``, ``initial_grad_rel_diff``). (Later
 the trajectories drift apart by rounding: Adam divides by the root of tiny second moments once the
 fixed batch is fitted.) Two Pyro optimisers are timed: :class:`pyro.optim.Adam` (one
-torch Adam per parameter tensor) and :class:`pyro_rpm.optim.FusedAdam` (one Adam over all of them).
+torch Adam per parameter tensor) and :class:`pyro_rpm.train.optim.FusedAdam` (one Adam over all of them).
 The sides run interleaved in blocks of ``--block`` steps (the order rotates each round); a side's
 time is the median over rounds of its mean ms per step; ``ratio = RPM ms / torch ms``.
 
@@ -53,9 +53,9 @@ from torch import nn
 
 from pyro_rpm import RPM_ELBO, BilinearCoupling, ContrastivePrior, DeltaRecognition, MarginalPrior, RecognitionGuide
 from pyro_rpm import observe as observe_view
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.synthetic import two_view_gaussian
-from pyro_rpm.optim import FusedAdam
+from pyro_rpm.train.optim import FusedAdam
 
 OBS_DIM, HIDDEN, EMBED_DIM = 10, 64, 16
 LR = 1e-3

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-r"""SVI steps per second of the exact whole-data-set RPM with :class:`~pyro_rpm.support.FullDataSupport`.
+r"""SVI steps per second of the exact whole-data-set RPM with :class:`~pyro_rpm.support.full_data.FullDataSupport`.
 
 Model: the canonical two-view RPM of ``docs/core.md`` on ``two_view_gaussian(N, latent_dim=D,
 obs_dim=10)``, recognition networks ``10 -> 64 -> 64 -> 2D`` (tanh), ``GaussianRecognition(...,
@@ -45,9 +45,9 @@ from _common import reset_peak, rss_mb, run_json_child, tag
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets import two_view_gaussian
-from pyro_rpm.support import FullDataSupport
+from pyro_rpm.support.full_data import FullDataSupport
 
 
 def measure(mode: str, n: int, args, device: torch.device) -> dict:

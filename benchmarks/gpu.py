@@ -10,7 +10,7 @@ CPU, see ``benchmarks/normaliser.py``, which measures it in fresh processes; her
 Each backend's values and latent gradients are compared with the dense float64 backend's.
 
 Part 2, end to end: SVI steps per second of the canonical two-view RPM with the exact whole-data
-support (:class:`~pyro_rpm.support.FullDataSupport`, GradCache chunks of 8192), as in
+support (:class:`~pyro_rpm.support.full_data.FullDataSupport`, GradCache chunks of 8192), as in
 ``benchmarks/full_support.py``, and with the in-batch support (B = 256) for scale.
 
 Target (issue 6): the default normaliser at N = 1e6 in at most 2 ms on an H100.
@@ -46,7 +46,7 @@ import normaliser  # noqa: E402
 from _common import sync, tag  # noqa: E402
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe  # noqa: E402
-from pyro_rpm._script import emit, progress, pyplot, save_figure, script_parser, setup  # noqa: E402
+from pyro_rpm.cli.scripts import emit, progress, pyplot, save_figure, script_parser, setup
 from pyro_rpm.datasets import two_view_gaussian  # noqa: E402
 
 #: Backends timed here: name -> (backend, accumulate_dtype); ``auto`` is the library's default.

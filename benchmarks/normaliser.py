@@ -53,7 +53,7 @@ import time
 import torch
 from _common import reset_peak, rss_mb, run_json_child, sync, tag
 
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.normalisers import gaussian_logsumexp, resolve_backend
 from pyro_rpm.normalisers import screened as screened_module
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, ContrastivePrior, Coupling, DeltaRecognition, MarginalPrior, RecognitionGuide, observe
-from pyro_rpm._script import progress, pyplot, save_figure
-from pyro_rpm.metrics import linear_r2, mcc
+from pyro_rpm.cli.scripts import progress, pyplot, save_figure
+from pyro_rpm.diagnostics.metrics import linear_r2, mcc
 
 __all__ = [
     "UnitSphere",

@@ -19,7 +19,7 @@ InfoNCE-as-RPM model (``docs/core.md`` §7) under two conditional priors:
 * ``iso``: :class:`~pyro_rpm.RBFCoupling`, one learned precision (plain InfoNCE with a learned
   temperature): the mismatched isotropic prior mixes content and style.
 
-Metrics: ``r2_aniso``, ``mcc_aniso``, ``r2_iso``, ``mcc_iso`` (:mod:`pyro_rpm.metrics`, fitted on
+Metrics: ``r2_aniso``, ``mcc_aniso``, ``r2_iso``, ``mcc_iso`` (:mod:`pyro_rpm.diagnostics.metrics`, fitted on
 fresh samples), per-group :math:`R^2` (``r2_content_*``, ``r2_style_*``), and the learned
 precisions: ``learned_precision`` lists :math:`\hat\Lambda` in the order of the true latents (each
 learned coordinate placed at the true latent the MCC's Hungarian matching pairs it with),
@@ -63,9 +63,9 @@ from _contrastive_rpm import (  # noqa: E402
 )
 
 from pyro_rpm import AnisotropicRBFCoupling, RBFCoupling  # noqa: E402
-from pyro_rpm._script import emit, save_figure, script_parser, setup  # noqa: E402
+from pyro_rpm.cli.scripts import emit, save_figure, script_parser, setup
 from pyro_rpm.datasets.identifiability import InvertibleMLP, anisotropic_sphere_pairs, bimodal_precision  # noqa: E402
-from pyro_rpm.metrics import linear_r2, mcc  # noqa: E402
+from pyro_rpm.diagnostics.metrics import linear_r2, mcc
 
 DIM = 10
 QUICK: dict[str, Any] = {

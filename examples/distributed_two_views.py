@@ -45,8 +45,9 @@ from pyro import poutine
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.synthetic import two_view_gaussian
+from pyro_rpm.diagnostics.metrics import linear_r2
 from pyro_rpm.distributed import (
     DistributedOptim,
     ShardedNoise,
@@ -56,8 +57,7 @@ from pyro_rpm.distributed import (
     local_index,
     rank_subsample,
 )
-from pyro_rpm.metrics import linear_r2
-from pyro_rpm.optim import FusedAdam
+from pyro_rpm.train.optim import FusedAdam
 
 D, OBS_DIM, HIDDEN, NOISE = 2, 10, 64, 0.1
 FULL = {"n": 2048, "steps": 3000}

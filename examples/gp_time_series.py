@@ -10,10 +10,10 @@ Model (no decoder): an independent GP per latent dimension over the time steps
 (:class:`~pyro_rpm.priors.gp.GaussianProcessPrior`, unit scale, learned lengthscale), one Gaussian
 recognition factor per frame from an MLP on :math:`\log(1 + x_t)` in the "prior + network" form,
 every frame observed through the categorical over its support set
-(:func:`~pyro_rpm.trajectories.observe_trajectories`, ``--pooling ergodic`` by default: all NT
+(:func:`~pyro_rpm.likelihood.trajectory.observe_trajectories`, ``--pooling ergodic`` by default: all NT
 frames, as in the RP-GPFA demo), the exact conjugate guide
 :math:`q(Z) \propto p(Z) \prod_t f_t(z_t) / p_t(z_t)`
-(:class:`~pyro_rpm.guides_structured.ConjugateGaussianGuide`) and
+(:class:`~pyro_rpm.guides.conjugate.ConjugateGaussianGuide`) and
 :class:`~pyro_rpm.RPM_ELBO` under :class:`pyro.infer.SVI`, full batch. Computations are in float64
 (the GP kernel matrices are ill-conditioned in float32 with the default jitter).
 
@@ -46,11 +46,11 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
+from pyro_rpm.cli.scripts import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import bouncing_ball_poisson
-from pyro_rpm.guides_structured import ConjugateGaussianGuide
+from pyro_rpm.guides.conjugate import ConjugateGaussianGuide
+from pyro_rpm.likelihood.trajectory import POOLINGS, observe_trajectories
 from pyro_rpm.priors.gp import GaussianProcessPrior
-from pyro_rpm.trajectories import POOLINGS, observe_trajectories
 
 FULL = {"sequences": 40, "steps": 1500}
 QUICK = {"sequences": 20, "steps": 400}

@@ -13,7 +13,7 @@ transition matrix, uniform start), one recognition factor per frame
 :math:`f(k \mid x_t) = \operatorname{softmax}_k \mathrm{CNN}(x_t)`
 (:class:`~pyro_rpm.CategoricalRecognition`), and the ergodic support: every frame is observed
 through the categorical over *all* T frames of the trajectory
-(:class:`~pyro_rpm.timeseries.SequenceSupport` with ``pooling="ergodic"``,
+(:class:`~pyro_rpm.support.sequences.SequenceSupport` with ``pooling="ergodic"``,
 :math:`F(z) = \frac1T\sum_t f(z \mid x_t)`). The chain is summed out exactly by
 :class:`pyro.infer.TraceEnum_ELBO` (the forward algorithm with emission :math:`f/F`), so the loss is
 :math:`-\log p(X)`. For speed, training cuts the trajectory into windows of ``--window`` steps
@@ -27,7 +27,7 @@ merged into one state and another digit split in two), reached from some initial
 likelihood of the (unshifted) training trajectory, an unsupervised choice.
 
 Metric ``accuracy``: the most likely path of the held-out trajectory (Viterbi,
-:func:`pyro_rpm.posterior.map_path`, i.e. ``infer_discrete(temperature=0)``), with states matched
+:func:`pyro_rpm.infer.posterior.map_path`, i.e. ``infer_discrete(temperature=0)``), with states matched
 to digits by the Hungarian algorithm on the *training* trajectory's path. ``transition_error`` is
 the largest absolute difference between the learned transition matrix (states matched) and the
 true one.
@@ -63,11 +63,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _digits import random_shift  # noqa: E402
 
 from pyro_rpm import CategoricalRecognition, recognition_cache
-from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
-from pyro_rpm.metrics import cluster_accuracy
-from pyro_rpm.posterior import map_path
+from pyro_rpm.cli.scripts import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
+from pyro_rpm.diagnostics.metrics import cluster_accuracy
+from pyro_rpm.infer.posterior import map_path
 from pyro_rpm.priors.discrete import HMMPrior
-from pyro_rpm.timeseries import SequenceSupport
+from pyro_rpm.support.sequences import SequenceSupport
 
 K = 6
 FULL = {"steps": 600, "length": 4000, "restarts": 3}

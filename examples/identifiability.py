@@ -19,7 +19,7 @@ whose conditional prior matches the data's conditional:
   prior conditional :math:`\propto e^{-\lVert e(x_1) - e(x_2) \rVert_1 / b}`. Theory: :math:`e \circ g` is a
   permutation and scaling (up to sign and offset), so the MCC tends to 1.
 
-Metrics (cl-ica's protocol, :mod:`pyro_rpm.metrics`): ``r2`` = affine :math:`R^2` of :math:`z` from
+Metrics (cl-ica's protocol, :mod:`pyro_rpm.diagnostics.metrics`): ``r2`` = affine :math:`R^2` of :math:`z` from
 :math:`e(x)`, ``mcc`` = mean correlation after Hungarian matching, each fitted in-sample on fresh
 batches; ``*_identity`` scores the raw observations :math:`x = g(z)` (the untrained baseline of the
 paper's "identity" column).
@@ -62,10 +62,10 @@ from _contrastive_rpm import (  # noqa: E402
 )
 
 from pyro_rpm import CosineCoupling, LaplaceCoupling  # noqa: E402
-from pyro_rpm._script import emit, script_parser, setup  # noqa: E402
+from pyro_rpm.cli.scripts import emit, script_parser, setup
 from pyro_rpm.datasets.identifiability import InvertibleMLP, box_laplace_pairs, sphere_vmf_pairs  # noqa: E402
-from pyro_rpm.metrics import linear_r2, mcc  # noqa: E402
-from pyro_rpm.optim import FusedAdam  # noqa: E402
+from pyro_rpm.diagnostics.metrics import linear_r2, mcc
+from pyro_rpm.train.optim import FusedAdam
 
 DIM = 10
 #: ``--quick``: one CPU thread, a few minutes for both settings.

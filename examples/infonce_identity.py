@@ -55,7 +55,7 @@ from pyro_rpm import (
     RecognitionGuide,
     observe,
 )
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.synthetic import two_view_gaussian
 
 EMBED_DIM = 4  # encoder output dimension D

@@ -27,7 +27,7 @@ the loss per pair is InfoNCE + log B. Two couplings:
 After training, a linear decoder maps the 6 encoder outputs (batch-norm in evaluation mode) to the 6
 true coordinates. The encoder is trained on the pairs of the first 80% of the video (frames 0-719),
 the decoder is fitted on those frames and scored on the held-out last 20% (frames 720-899):
-``r2_linear_coupling`` and ``r2_rbf_coupling``. ``*_all`` is :func:`pyro_rpm.metrics.linear_r2`
+``r2_linear_coupling`` and ``r2_rbf_coupling``. ``*_all`` is :func:`pyro_rpm.diagnostics.metrics.linear_r2`
 fitted and scored in-sample on all 900 frames; ``r2_initial`` scores the untrained encoder.
 
 Choices the paper's extracted text lost (documented in ``docs/examples/moving_balls.md``): a 32 x 32
@@ -74,9 +74,9 @@ from pyro_rpm import (  # noqa: E402
     RBFCoupling,
     RecognitionGuide,
 )
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.moving_balls import moving_balls
-from pyro_rpm.metrics import linear_r2
+from pyro_rpm.diagnostics.metrics import linear_r2
 
 NUM_FRAMES = 900
 NUM_BALLS = 3

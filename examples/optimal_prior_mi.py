@@ -120,7 +120,7 @@ from pyro_rpm import (  # noqa: E402
     RecognitionGuide,
     observe,
 )
-from pyro_rpm._script import emit, progress, script_parser, setup
+from pyro_rpm.cli.scripts import emit, progress, script_parser, setup
 from pyro_rpm.datasets.gaussian_pairs import correlated_gaussian_pairs, rho_for_mi
 
 SWEEP_MI = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)

@@ -25,7 +25,7 @@ matching then applied unchanged to the held-out ones):
 
 * ``accuracy``: held-out single images, cluster :math:`\arg\max_k f(k \mid x)`;
 * ``accuracy_pairs``: held-out pairs, cluster :math:`\arg\max_k p(k \mid x_1, x_2)` from the exact
-  posterior (:func:`pyro_rpm.posterior.discrete_marginals`, support = the held-out pairs).
+  posterior (:func:`pyro_rpm.infer.posterior.discrete_marginals`, support = the held-out pairs).
 
 Usage::
 
@@ -56,9 +56,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _digits import random_shift  # noqa: E402
 
 from pyro_rpm import CategoricalRecognition, RecognitionGuide, observe, recognition_cache
-from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
-from pyro_rpm.metrics import cluster_accuracy
-from pyro_rpm.posterior import discrete_marginals
+from pyro_rpm.cli.scripts import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
+from pyro_rpm.diagnostics.metrics import cluster_accuracy
+from pyro_rpm.infer.posterior import discrete_marginals
 from pyro_rpm.priors.discrete import CategoricalPrior
 
 K = 10

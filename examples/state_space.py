@@ -13,7 +13,7 @@ and view from an MLP (the "prior + network" form), every frame observed through 
 over the frames of the same step in the minibatch (``--pooling data``, the in-batch support of
 RP-GSSM), the exact conjugate guide :math:`q(Z) \propto p(Z)\prod_{j,t} f_{jt}(z_t)/p_t(z_t)`
 computed by the state-space prior (block-tridiagonal Cholesky or Kalman smoother;
-:class:`~pyro_rpm.guides_structured.ConjugateGaussianGuide`) and :class:`~pyro_rpm.RPM_ELBO`
+:class:`~pyro_rpm.guides.conjugate.ConjugateGaussianGuide`) and :class:`~pyro_rpm.RPM_ELBO`
 under :class:`pyro.infer.SVI` on minibatches of B sequences.
 
 Metric ``r2``: :math:`R^2` of the least-squares affine regression of the true latents on the
@@ -45,11 +45,11 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition
-from pyro_rpm._script import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
+from pyro_rpm.cli.scripts import loss_figure, progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.datasets.timeseries import linear_gaussian_ssm
-from pyro_rpm.guides_structured import ConjugateGaussianGuide
+from pyro_rpm.guides.conjugate import ConjugateGaussianGuide
+from pyro_rpm.likelihood.trajectory import POOLINGS, observe_trajectories
 from pyro_rpm.priors.state_space import LinearGaussianStateSpacePrior
-from pyro_rpm.trajectories import POOLINGS, observe_trajectories
 
 FULL = {"sequences": 400, "steps": 1000}
 QUICK = {"sequences": 200, "steps": 300}

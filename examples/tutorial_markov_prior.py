@@ -74,7 +74,7 @@ def simulate(num_sequences, num_steps=50, ar=(0.95, 0.8), obs_dim=12, noise=0.3,
 
 
 def run(args) -> dict[str, Any]:
-    from pyro_rpm._script import setup  # the plumbing shared by the example scripts
+    from pyro_rpm.cli.scripts import setup
 
     start = time.perf_counter()
     device = setup(args)
@@ -165,7 +165,7 @@ def run(args) -> dict[str, Any]:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         # [plots]
-        from pyro_rpm.plots import plot_elbo, plot_latent_trajectories
+        from pyro_rpm.diagnostics.plots import plot_elbo, plot_latent_trajectories
 
         fig = plot_elbo(idata, per_datum=T, ylabel="loss (-ELBO) per frame", title="AR(1) prior")
         fig.savefig(os.path.join(args.out, "elbo.png"), dpi=120)
@@ -197,7 +197,7 @@ def run(args) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from pyro_rpm._script import emit, script_parser
+    from pyro_rpm.cli.scripts import emit, script_parser
 
     parser = script_parser(
         "Tutorial: a user-written AR(1) prior in a recognition-parameterised model.",

@@ -13,10 +13,10 @@ Usage::
 
 Figures go to ``--out`` (default ``outputs/``); the last line of stdout is one JSON object with
 ``r2``, ``seconds`` and ``final_loss``. The same demo runs as ``python -m pyro_rpm demo``; the
-training code lives in :mod:`pyro_rpm.demo`.
+training code lives in :mod:`pyro_rpm.cli.demo`.
 """
 
-from pyro_rpm.demo import main
+from pyro_rpm.cli.demo import main
 
 if __name__ == "__main__":
     main(prog="python examples/two_views.py")

@@ -7,45 +7,40 @@ Write any prior as a Pyro program, observe the data through :class:`RecognitionL
 and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyro.infer.SVI`.
 """
 
-from . import metrics, plots
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .couplings import (
-    AnisotropicRBFCoupling,
-    BilinearCoupling,
-    CosineCoupling,
-    Coupling,
-    LaplaceCoupling,
-    RBFCoupling,
-)
-from .diagnostics import to_inference_data
-from .elbo import RPM_ELBO
-from .factors import CategoricalFactor, DeltaFactor, Factor, GaussianFactor
-from .fit import EarlyStopping, FitResult, StepInfo, fit
-from .guides import RecognitionGuide, TiedPosterior
-from .guides_structured import ConjugateGaussianGuide
-from .likelihood import RecognitionLikelihood, observe
-from .metrics import cluster_accuracy, linear_r2, mcc
+from ._pyro import recognition_cache
+from ._version import __version__
+from .diagnostics import cluster_accuracy, linear_r2, mcc, metrics, plots, to_inference_data
+from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
+from .infer import RPM_ELBO
+from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
 from .normalisers import gaussian_logsumexp, score_logsumexp
 from .priors import (
+    AnisotropicRBFCoupling,
+    BilinearCoupling,
     CategoricalPrior,
     ContrastivePrior,
+    CosineCoupling,
+    Coupling,
     GaussianProcessPrior,
     HMMPrior,
+    LaplaceCoupling,
     LinearGaussianStateSpacePrior,
     MarginalPrior,
     MixturePrior,
+    RBFCoupling,
 )
 from .recognition import (
+    CategoricalFactor,
     CategoricalRecognition,
+    DeltaFactor,
     DeltaRecognition,
+    Factor,
+    GaussianFactor,
     GaussianRecognition,
     Recognition,
-    recognition_cache,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
-from .trajectories import TrajectoryLikelihood, observe_trajectories
-
-__version__ = "0.1.0"
+from .train import Checkpoint, EarlyStopping, FitResult, StepInfo, fit, load_checkpoint, save_checkpoint
 
 __all__ = [
     "AnisotropicRBFCoupling",

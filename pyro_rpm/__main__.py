@@ -3,7 +3,7 @@
 
 Commands:
 
-* ``demo [options]``: the two-view demo (:mod:`pyro_rpm.demo`); ``demo --help`` lists its options.
+* ``demo [options]``: the two-view demo (:mod:`pyro_rpm.cli.demo`); ``demo --help`` lists its options.
 * ``version``: print the package version.
 """
 
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     if argv and argv[0] == "demo":
-        from .demo import main as demo_main
+        from .cli.demo import main as demo_main
 
         demo_main(argv[1:], prog=f"{parser.prog} demo")
         return 0
     args = parser.parse_args(argv)
     if args.command == "version":
-        from . import __version__
+        from ._version import __version__
 
         print(__version__)
         return 0

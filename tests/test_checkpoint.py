@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests of pyro_rpm.checkpoint: weights_only files, constraints, optimiser and RNG state, exact
+"""Tests of pyro_rpm.train.checkpoint: weights_only files, constraints, optimiser and RNG state, exact
 continuation, and refusal of missing, corrupted or foreign checkpoints without side effects."""
 
 import functools
@@ -16,8 +16,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
-from pyro_rpm.optim import FusedAdam
+from pyro_rpm.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from pyro_rpm.train.optim import FusedAdam
 
 CONSTRAINTS = {
     "real": constraints.real,
@@ -89,7 +89,7 @@ def test_round_trip_of_constrained_parameters(tmp_path):
     saved = {n: p.detach().clone() for n, p in store.named_parameters()}
     path = save_checkpoint(tmp_path / "c.pt", step=3)
     raw = torch.load(path, weights_only=True)  # loads without unpickling arbitrary objects
-    assert raw["format"] == "pyro_rpm.checkpoint" and raw["fingerprint"]["lower_cholesky"] == [3, 3]
+    assert raw["format"] == "pyro_rpm.train.checkpoint" and raw["fingerprint"]["lower_cholesky"] == [3, 3]
 
     with torch.no_grad():  # in place: the loaded values land in the same tensors
         for _, p in store.named_parameters():
@@ -274,7 +274,7 @@ class Exploit:
 
 def test_unsafe_pickles_are_refused_unexecuted(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"format": "pyro_rpm.checkpoint", "payload": Exploit()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save({"format": "pyro_rpm.train.checkpoint", "payload": Exploit()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
     Exploit.ran = False
     with pytest.raises(ValueError, match="is not a pyro_rpm checkpoint.*weights_only"):
         load_checkpoint(path)

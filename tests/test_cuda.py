@@ -25,7 +25,7 @@ from pyro_rpm import (
     RecognitionLikelihood,
     observe,
 )
-from pyro_rpm.estimators import interior_bound
+from pyro_rpm.infer.estimators import interior_bound
 
 pytestmark = pytest.mark.cuda
 
@@ -163,7 +163,7 @@ def test_mismatched_devices_raise_value_errors():
 
 
 def test_run_demo_on_cuda(tmp_path):
-    from pyro_rpm.demo import run_demo
+    from pyro_rpm.cli.demo import run_demo
 
     result = run_demo(steps=20, n=128, batch_size=32, device="cuda", out=None, progress=False)
     assert result["device"].startswith("cuda")

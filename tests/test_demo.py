@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""End to end: :func:`pyro_rpm.demo.run_demo` recovers the latent of the two-view data set, and the
+"""End to end: :func:`pyro_rpm.cli.demo.run_demo` recovers the latent of the two-view data set, and the
 command line (``python -m pyro_rpm``) lists the scripts, prints the version and rejects bad options."""
 
 import json
@@ -14,7 +14,7 @@ import torch
 
 import pyro_rpm
 from pyro_rpm import __main__ as cli
-from pyro_rpm.demo import QUICK, run_demo
+from pyro_rpm.cli.demo import QUICK, run_demo
 
 
 def test_quick_demo_recovers_the_latent_within_a_minute(tmp_path):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests of :func:`pyro_rpm.diagnostics.to_inference_data`.
+"""Tests of :func:`pyro_rpm.diagnostics.arviz.to_inference_data`.
 
 * groups, dims, coords and shapes of the InferenceData of the canonical two-view model (and of a
   model with nested plates and a deterministic site, and of a discrete-latent model);
@@ -33,7 +33,7 @@ from pyro_rpm import (
     observe,
 )
 from pyro_rpm.datasets.synthetic import two_view_gaussian
-from pyro_rpm.diagnostics import to_inference_data
+from pyro_rpm.diagnostics.arviz import to_inference_data
 
 az = pytest.importorskip("arviz")
 
@@ -290,7 +290,7 @@ def test_errors(fitted):
 
 def test_import_is_lazy():
     code = (
-        "import sys, pyro_rpm, pyro_rpm.diagnostics, pyro_rpm.plots, pyro_rpm.metrics; "
+        "import sys, pyro_rpm, pyro_rpm.diagnostics, pyro_rpm.diagnostics.plots, pyro_rpm.diagnostics.metrics; "
         "print(sorted(m for m in ('arviz', 'matplotlib', 'xarray', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-r"""The interior variational bound (:func:`pyro_rpm.estimators.interior_bound`, ``RPM_ELBO(estimator="interior")``).
+r"""The interior variational bound (:func:`pyro_rpm.infer.estimators.interior_bound`, ``RPM_ELBO(estimator="interior")``).
 
 For a Gaussian :math:`q_n`, support factors :math:`f_m` and a reference :math:`r` (flat, or the prior),
 ``interior_bound`` is a lower bound on :math:`-\mathbb E_{q_n}[\log \sum_m f_m(z)]`. Derived here
@@ -31,7 +31,7 @@ from scipy import integrate
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianFactor, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm.estimators import ESTIMATORS, interior_bound, monte_carlo_log_normaliser
+from pyro_rpm.infer.estimators import ESTIMATORS, interior_bound, monte_carlo_log_normaliser
 
 REFERENCES = ["flat", "prior"]
 

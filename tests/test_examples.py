@@ -5,7 +5,7 @@ Each script runs as ``python <script> --quick ...`` in a subprocess (one OpenMP 
 backend); its last stdout line must be one JSON object with the documented keys. The InfoNCE
 identity script must find ``loss / B = InfoNCE + log B`` to 1e-5 for every coupling while the
 encoders train; the benchmark must report positive finite timings and agree with the torch step
-at the initial parameters. Also covers the shared script helper :mod:`pyro_rpm._script`.
+at the initial parameters. Also covers the shared script helper :mod:`pyro_rpm.cli.scripts`.
 """
 
 import json
@@ -19,7 +19,7 @@ import pytest
 import torch
 from _scripts import run_json, run_script
 
-from pyro_rpm._script import emit, script_parser, setup
+from pyro_rpm.cli.scripts import emit, script_parser, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 COUPLINGS = ["bilinear", "rbf", "anisotropic_rbf", "cosine", "laplace"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_rpm import CategoricalFactor, DeltaFactor, Factor, GaussianFactor
-from pyro_rpm.factors import gaussian_log_partition
+from pyro_rpm.recognition.gaussian import gaussian_log_partition
 
 
 def _gaussian(M=5, D=3, seed=0, dtype=torch.float32):

@@ -15,9 +15,10 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm._fit_data import epoch_permutation
 from pyro_rpm.datasets.synthetic import two_view_gaussian
-from pyro_rpm.fit import EarlyStopping, FitResult, StepInfo, fit
+from pyro_rpm.train._data import epoch_permutation
+from pyro_rpm.train.fit import fit
+from pyro_rpm.train.results import EarlyStopping, FitResult, StepInfo
 
 
 def build(hidden=16, seed=0, full=False, names=("r1", "r2")):

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, CategoricalFactor, GaussianFactor, GaussianRecognition
-from pyro_rpm.guides_structured import ConjugateGaussianGuide
+from pyro_rpm.guides.conjugate import ConjugateGaussianGuide
+from pyro_rpm.likelihood.trajectory import TrajectoryLikelihood, observe_trajectories
 from pyro_rpm.priors.gp import GaussianProcessPrior
 from pyro_rpm.priors.state_space import LinearGaussianStateSpacePrior
-from pyro_rpm.trajectories import TrajectoryLikelihood, observe_trajectories
 
 D64 = torch.float64
 N, T, D, OBS = 4, 5, 2, 3

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests of :mod:`pyro_rpm.metrics` against hand-computed values and brute force.
+"""Tests of :mod:`pyro_rpm.diagnostics.metrics` against hand-computed values and brute force.
 
 * ``linear_r2``: exact affine maps give 1; a 4-point case against the closed forms
   :math:`R^2 = S_{xy}^2/(S_{xx}S_{yy})` (with intercept) and :math:`1 - SS_{res}/SS_{tot}` (through the
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_rpm.metrics import cluster_accuracy, correlation_matrix, hungarian_match, linear_r2, mcc
+from pyro_rpm.diagnostics.metrics import cluster_accuracy, correlation_matrix, hungarian_match, linear_r2, mcc
 
 
 def _rng(seed=0):

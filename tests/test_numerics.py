@@ -55,7 +55,7 @@ U32 = 2.0**-24  # float32 unit roundoff: |fl(x) - x| <= U32 |x| for round-to-nea
 N, D, B, CLUSTERS = 100_000, 64, 8, 1000
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Absolute floor of the value tolerances. The table is accumulated in float64 in the expanded
-# form [z~^2, z~] . [-lambda/2, lambda mu~] - lambda mu~^2 / 2 (pyro_rpm.pairwise), whose rounding
+# form [z~^2, z~] . [-lambda/2, lambda mu~] - lambda mu~^2 / 2 (pyro_rpm.normalisers.dense), whose rounding
 # error is about eps64 * sum_d lambda_d (|z~_d| + |mu~_d|)^2 <= 1.1e-16 * 64 * 1e6 * 100^2 = 7e-5
 # nats in the worst case (lambda = s^-2 = 1e6, |z~|, |mu~| <= 50); measured up to 4e-5 beyond the
 # float32 rounding (DeltaFactor, lambda = 1e6 in every dimension). The floor only matters for values
@@ -160,7 +160,7 @@ def test_stress_problem_covers_the_intended_regime(problem):
 def test_pairwise_table_is_one_float32_rounding_of_the_float64_value(problem):
     """The (B, N) table of log f(z_b | x_m), D = 64, N = 1e5, in float32.
 
-    pyro_rpm.pairwise accumulates the expansion, the precisions and the normalising constant in
+    pyro_rpm.normalisers.dense accumulates the expansion, the precisions and the normalising constant in
     float64 and rounds once, so each entry is within U32 |T| (one rounding) plus ABS_FLOOR of the
     float64 value, including entries of -1e10 (an error of up to ~600 nats there is that rounding).
     """

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm.optim import FusedAdam, FusedSGD, MultiTensorOptim
+from pyro_rpm.train.optim import FusedAdam, FusedSGD, MultiTensorOptim
 
 
 def _build(seed: int):

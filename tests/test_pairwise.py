@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pyro_rpm import DeltaFactor, GaussianFactor
-from pyro_rpm.pairwise import gaussian_pairwise_log_prob, quadratic_pairwise
+from pyro_rpm.normalisers.dense import gaussian_pairwise_log_prob, quadratic_pairwise
 
 SCALES = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 

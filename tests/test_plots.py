@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests of :mod:`pyro_rpm.plots` (Agg backend).
+"""Tests of :mod:`pyro_rpm.diagnostics.plots` (Agg backend).
 
 Each function returns a Figure that saves to PNG; the drawn data are checked against independent
 computations (moving averages, the least-squares affine map, the R^2 per dimension); bad input
@@ -16,13 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from pyro_rpm.metrics import linear_r2  # noqa: E402
-from pyro_rpm.plots import (  # noqa: E402
-    plot_elbo,
-    plot_latent_scatter,
-    plot_latent_trajectories,
-    plot_latents_vs_truth,
-)
+from pyro_rpm.diagnostics.metrics import linear_r2
+from pyro_rpm.diagnostics.plots import plot_elbo, plot_latent_scatter, plot_latent_trajectories, plot_latents_vs_truth
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm.posterior import discrete_marginals, map_path, sample_discrete
+from pyro_rpm.infer.posterior import discrete_marginals, map_path, sample_discrete
 from pyro_rpm.priors.mixture import MixturePrior
 
 K = 3

@@ -2,8 +2,8 @@
 """Bad input to the structured priors and time-series observations raises a clear error naming the argument.
 
 Covers issue 3's list: unsorted or duplicate time points (every argument that takes times), series of
-different lengths between views (per-step :class:`~pyro_rpm.timeseries.SequenceSupport` and whole
-trajectories, :func:`~pyro_rpm.trajectories.observe_trajectories`), fewer than two discrete states
+different lengths between views (per-step :class:`~pyro_rpm.support.sequences.SequenceSupport` and whole
+trajectories, :func:`~pyro_rpm.likelihood.trajectory.observe_trajectories`), fewer than two discrete states
 (:class:`~pyro_rpm.priors.discrete.CategoricalPrior`, :class:`~pyro_rpm.priors.discrete.HMMPrior`,
 :class:`~pyro_rpm.CategoricalRecognition`) or mixture components below one
 (:class:`~pyro_rpm.priors.mixture.MixturePrior`, where a single component is a plain Gaussian), and
@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition
-from pyro_rpm.factors import CategoricalFactor, GaussianFactor
+from pyro_rpm.likelihood.trajectory import observe_trajectories
 from pyro_rpm.priors import CategoricalPrior, GaussianProcessPrior, HMMPrior, KernelSmoothedMean, MixturePrior
-from pyro_rpm.timeseries import SequenceSupport, observe_sequence
-from pyro_rpm.trajectories import observe_trajectories
+from pyro_rpm.recognition.categorical import CategoricalFactor
+from pyro_rpm.recognition.gaussian import GaussianFactor
+from pyro_rpm.support.sequences import SequenceSupport, observe_sequence
 
 SORTED = torch.tensor([0.0, 0.5, 1.0, 2.0])
 BAD_TIMES = {

@@ -11,9 +11,9 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import CategoricalRecognition, RecognitionGuide, observe
-from pyro_rpm.posterior import discrete_marginals, map_path, sample_discrete
+from pyro_rpm.infer.posterior import discrete_marginals, map_path, sample_discrete
 from pyro_rpm.priors.discrete import CategoricalPrior, HMMPrior
-from pyro_rpm.timeseries import SequenceSupport
+from pyro_rpm.support.sequences import SequenceSupport
 
 K = 3
 

@@ -13,7 +13,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
-from pyro_rpm.metrics import cluster_accuracy
+from pyro_rpm.diagnostics.metrics import cluster_accuracy
 from pyro_rpm.priors.mixture import MixturePrior
 
 C, D = 3, 2

@@ -26,8 +26,11 @@ from pyro_rpm import (
     RecognitionLikelihood,
     observe,
 )
-from pyro_rpm.factors import DeltaFactor, cat_factors
-from pyro_rpm.support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport
+from pyro_rpm.recognition._cat import cat_factors
+from pyro_rpm.recognition.delta import DeltaFactor
+from pyro_rpm.support.banks import IndexedBankSupport, MemoryBankSupport
+from pyro_rpm.support.base import InBatchSupport
+from pyro_rpm.support.full_data import FullDataSupport
 
 D = 2
 

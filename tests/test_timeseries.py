@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_rpm import CategoricalFactor, DeltaFactor, GaussianFactor
-from pyro_rpm.timeseries import POOLINGS, SequenceSupport, observe_sequence
+from pyro_rpm.support.sequences import POOLINGS, SequenceSupport, observe_sequence
 
 N, T, D, K = 3, 4, 2, 5
 

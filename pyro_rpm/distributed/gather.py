@@ -24,9 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._pyro import _CACHE
 from .._validation import check_tensor
-from ..factors import CategoricalFactor, Factor, GaussianFactor
-from ..recognition import _CACHE
+from ..recognition.base import Factor
+from ..recognition.categorical import CategoricalFactor
+from ..recognition.gaussian import GaussianFactor
 from .group import rank_and_world_size
 
 __all__ = ["all_gather_with_grad", "gather_factors", "local_index"]

@@ -125,7 +125,7 @@ class DistributedOptim(PyroOptim):
     Each step sorts the parameters by their parameter-store names (so every rank reduces them in
     the same order), sums their gradients over ranks with :func:`all_reduce_gradients` (one
     collective) and calls the wrapped optimiser. Works with any ``PyroOptim``, including
-    :class:`~pyro_rpm.optim.MultiTensorOptim`. Start all ranks from the same parameters (same
+    :class:`~pyro_rpm.train.optim.MultiTensorOptim`. Start all ranks from the same parameters (same
     seed, or :func:`broadcast_parameters`).
 
     :param PyroOptim optim: the optimiser to wrap, e.g. ``pyro.optim.Adam({"lr": 1e-3})``.

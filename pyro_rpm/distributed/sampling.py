@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from pyro.poutine.messenger import Messenger
 
-from .._fit_data import epoch_permutation
-from ..factors import GaussianFactor
-from ..guides import TiedPosterior
+from ..guides.tied import TiedPosterior
+from ..recognition.gaussian import GaussianFactor
+from ..train._data import epoch_permutation
 from .group import rank_and_world_size
 
 __all__ = ["ShardedNoise", "rank_subsample"]

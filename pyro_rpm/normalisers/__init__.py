@@ -39,7 +39,7 @@ in :math:`[-10, 10]^D` or drawn from a support point), float32 accumulation has 
 errors of 0.6, 2e-2, 4e-4 and 1e-6 at :math:`s = 10^{-3}, 10^{-2}, 0.1, 1`, and gradient errors
 of about 1e-4 (elementwise, relative to :math:`|g| + 10^{-3} \max|g|`) at every scale from
 :math:`10^{-3}` to :math:`10^{2}`. Float32 inputs are therefore accumulated in float64 (as
-:mod:`pyro_rpm.pairwise` does; not on MPS): values within 6e-8 and gradients within 6e-7 on the
+:mod:`pyro_rpm.normalisers.dense` does; not on MPS): values within 6e-8 and gradients within 6e-7 on the
 same cases, i.e. float32 rounding of the output. This costs about 2-2.5x in speed on the CPU
 (fused, forward + backward at B = 256, D = 8, N = 1e6, one thread on a shared 2-vCPU box: about
 120-130 against 265-290 Mpairs/s; ``benchmarks/normaliser.py``); the ``"screened"`` backend wins

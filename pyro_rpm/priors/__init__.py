@@ -1,6 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Ready-made latent priors, each an ordinary Pyro distribution or program."""
+"""Ready-made latent priors, each an ordinary Pyro distribution or program, and the couplings
+:math:`g(z, z')` of the contrastive priors."""
 
+from .couplings import (
+    AnisotropicRBFCoupling,
+    BilinearCoupling,
+    CosineCoupling,
+    Coupling,
+    LaplaceCoupling,
+    RBFCoupling,
+)
 from .discrete import CategoricalPrior, HMMPrior
 from .empirical import ContrastivePrior, EmpiricalMarginalPrior, MarginalPrior
 from .gaussian_sequence import ConjugateGaussianSequence, DenseGaussianTrajectory
@@ -11,6 +20,12 @@ from .state_space import GaussianMarkovChain, LinearGaussianStateSpacePrior
 
 __all__ = [
     "RBF",
+    "AnisotropicRBFCoupling",
+    "BilinearCoupling",
+    "CosineCoupling",
+    "Coupling",
+    "LaplaceCoupling",
+    "RBFCoupling",
     "CategoricalPrior",
     "ConjugateGaussianSequence",
     "ContrastivePrior",

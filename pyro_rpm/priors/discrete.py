@@ -22,8 +22,8 @@ with emission :math:`f(z_t \mid x_t) / \sum_m f(z_t \mid x_m)` (Walker et al.'s 
 
 Use them with no guide for the discrete sites (an empty guide, or
 :class:`~pyro_rpm.RecognitionGuide`, which leaves enumerated sites alone). Posterior marginals and
-the most likely path: :func:`pyro_rpm.posterior.discrete_marginals` and
-:func:`pyro_rpm.posterior.map_path`.
+the most likely path: :func:`pyro_rpm.infer.posterior.discrete_marginals` and
+:func:`pyro_rpm.infer.posterior.map_path`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from .._learnable import set_learnable
+from .._pyro import register_module
 from .._validation import check_finite, check_tensor
-from ..recognition import register_module
 
 __all__ = ["CategoricalPrior", "HMMPrior"]
 

@@ -12,8 +12,8 @@ that these priors share with :class:`~pyro_rpm.RecognitionLikelihood` sites exac
 
 Large supports: both normalisers (:math:`\log\sum_m f(z \mid x_m)` and :math:`\log Z`) are
 computed without the ``B x M`` table beyond the dense threshold (``backend=``): by
-:meth:`~pyro_rpm.factors.Factor.pairwise_logsumexp` and
-:meth:`~pyro_rpm.couplings.Coupling.expected_logsumexp`, which reduce the RBF and bilinear closed
+:meth:`~pyro_rpm.recognition.base.Factor.pairwise_logsumexp` and
+:meth:`~pyro_rpm.priors.couplings.Coupling.expected_logsumexp`, which reduce the RBF and bilinear closed
 forms (and cosine or point-mass forms) to :mod:`pyro_rpm.normalisers`. The tables
 (``component_logits``) are built only for sampling.
 """
@@ -27,8 +27,9 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions.utils import lazy_property
 
 from .._validation import check_same_device_and_dtype, check_tensor
-from ..couplings import Coupling
-from ..factors import CategoricalFactor, Factor, use_dense
+from ..recognition.base import Factor, use_dense
+from ..recognition.categorical import CategoricalFactor
+from .couplings import Coupling
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
 
@@ -138,7 +139,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         Z(z) = \frac1M \sum_m \mathbb E_{f_m}\big[e^{g(z, z')}\big].
 
     :math:`Z` is exact for deterministic factors (:class:`~pyro_rpm.DeltaRecognition`) and, for
-    Gaussian factors, for couplings with a closed form (see :mod:`pyro_rpm.couplings`).
+    Gaussian factors, for couplings with a closed form (see :mod:`pyro_rpm.priors.couplings`).
     Sampling draws a support point with probability :math:`\propto \mathbb E_{f_m}[e^{g(z,z')}]`, then
     :math:`z'` from its factor (exact for deterministic factors; it ignores the tilt of a
     Gaussian factor by :math:`e^{g}`).
@@ -194,7 +195,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         r""":math:`\log Z(z)`, shape ``batch_shape``.
 
         From ``component_logits`` when that table exists, else by
-        :meth:`~pyro_rpm.couplings.Coupling.expected_logsumexp` with this prior's ``backend``.
+        :meth:`~pyro_rpm.priors.couplings.Coupling.expected_logsumexp` with this prior's ``backend``.
         """
         if "component_logits" in self.__dict__:
             lse = torch.logsumexp(self.component_logits, dim=-1)

@@ -17,7 +17,7 @@ Beyond sampling and ``log_prob`` it offers
 * :meth:`~ConjugateGaussianSequence.marginal_natural_params`: the natural parameters of the
   prior's one-step marginals :math:`p_t(z_t)`, when these are diagonal.
 
-:class:`~pyro_rpm.guides_structured.ConjugateGaussianGuide` uses both to build the tied
+:class:`~pyro_rpm.guides.conjugate.ConjugateGaussianGuide` uses both to build the tied
 posterior of a time-series RPM (see there).
 """
 

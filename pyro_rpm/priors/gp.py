@@ -63,8 +63,8 @@ import torch
 from torch import nn
 
 from .._learnable import set_learnable
+from .._pyro import register_module
 from .._validation import check_finite, check_positive, check_tensor
-from ..recognition import register_module
 from .gaussian_sequence import ConjugateGaussianSequence, check_pseudo_observations
 from .kernels import Kernel, make_kernel
 

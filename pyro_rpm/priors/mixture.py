@@ -35,8 +35,8 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from .._learnable import set_learnable
+from .._pyro import register_module
 from .._validation import check_positive, check_tensor
-from ..recognition import register_module
 
 __all__ = ["MixturePrior"]
 

@@ -66,8 +66,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._learnable import set_learnable
+from .._pyro import register_module
 from .._validation import check_positive
-from ..recognition import register_module
 from . import markov_chain as _chain
 from .markov_chain import (  # DENSE_MAX_SIZE: still importable from here, where it used to live
     DENSE_MAX_SIZE,  # noqa: F401
@@ -217,7 +217,7 @@ class LinearGaussianStateSpacePrior(nn.Module):
         r"""Sample a trajectory of ``num_steps`` steps; returns ``batch + (T, D)``.
 
         ``markov=False``: one site ``name`` with the whole chain (needed by
-        :class:`~pyro_rpm.guides_structured.ConjugateGaussianGuide`). ``markov=True``: the same
+        :class:`~pyro_rpm.guides.conjugate.ConjugateGaussianGuide`). ``markov=True``: the same
         prior written step by step, sites ``f"{name}_{t}"`` under :func:`pyro.markov`::
 
             z = pyro.sample(f"{name}_0", MultivariateNormal(0, I))

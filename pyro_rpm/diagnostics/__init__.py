@@ -1,0 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Diagnostics: :func:`to_inference_data` (ArviZ), metrics against known latents, and plots.
+
+ArviZ and matplotlib are imported when a function needs them, not with the package.
+"""
+
+from . import metrics, plots
+from .arviz import to_inference_data
+from .metrics import cluster_accuracy, linear_r2, mcc
+
+__all__ = ["cluster_accuracy", "linear_r2", "mcc", "metrics", "plots", "to_inference_data"]

@@ -1,0 +1,332 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Couplings :math:`g(z, z')` for the contrastive prior :math:`p(z' \mid z) \propto F(z') e^{g(z, z')}`.
+
+Every coupling is an :class:`torch.nn.Module` with
+
+* ``forward(z, z2)``: :math:`g(z, z')` elementwise over broadcast leading dimensions;
+* :meth:`Coupling.pairwise`: the table :math:`g(z_b, a_m)` against M atoms, shape ``(..., M)``;
+* :meth:`Coupling.expected_pairwise`: :math:`\log \mathbb E_{z' \sim f_m}[e^{g(z, z')}]` for each
+  factor :math:`f_m`, which is the per-component normaliser of the contrastive prior. It is exact
+  for deterministic (point-mass) factors and, where a closed form exists (RBF and bilinear
+  couplings), for Gaussian factors; otherwise the factor is replaced by its mean;
+* :meth:`Coupling.expected_logsumexp`: :math:`\log\sum_m \mathbb E_{f_m}[e^{g(z, z')}]`, the
+  contrastive prior's normaliser. Beyond the dense threshold (``backend=``) the bilinear, RBF and
+  cosine forms reduce to :func:`~pyro_rpm.normalisers.score_logsumexp` or
+  :func:`~pyro_rpm.normalisers.gaussian_logsumexp` (exact, without the ``B x M`` table):
+
+  - bilinear, Gaussian :math:`f_m`: keys :math:`[\mu_m, s_m^2]`, queries :math:`[u, u^2/2]`,
+    :math:`u = W^\top z`; point masses: keys :math:`a_m`, queries :math:`u`;
+  - RBF: :math:`\log\sum_m \mathcal N(z; \mu_m, \operatorname{diag}(\ell^2 + s_m^2))
+    + \tfrac D2 \log 2\pi + \sum_d \log \ell_d` (point masses: :math:`s_m = 0`);
+  - cosine: keys :math:`a_m / \lVert a_m\rVert`, queries :math:`z / (\lVert z\rVert \tau)`;
+  - Laplace: always the dense table (no dot-product form).
+
+Their parameters are registered with Pyro's parameter store under ``name`` when used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._learnable import set_learnable
+from .._pyro import register_module
+from .._validation import check_positive
+from ..normalisers import gaussian_logsumexp, score_logsumexp
+from ..normalisers.dense import quadratic_pairwise
+from ..recognition.base import Factor, use_dense
+from ..recognition.gaussian import GaussianFactor
+
+__all__ = [
+    "Coupling",
+    "BilinearCoupling",
+    "RBFCoupling",
+    "AnisotropicRBFCoupling",
+    "CosineCoupling",
+    "LaplaceCoupling",
+]
+
+_COUNTER = itertools.count()
+
+
+def _log_positive(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """``log(value)`` expanded to ``shape`` (a fresh tensor), after checking that ``value`` is positive."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    check_positive(value, name)
+    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    try:
+        tensor = tensor.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a scalar or have shape {shape}, got shape {tuple(tensor.shape)}") from None
+    return torch.log(tensor.clone())
+
+
+class Coupling(nn.Module):
+    """Base class of couplings :math:`g(z, z')`.
+
+    :param str name: parameter-store name (default: class name and a counter).
+    """
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name if name is not None else f"{type(self).__name__.lower()}_{next(_COUNTER)}"
+
+    def _register(self) -> None:
+        if any(True for _ in self.parameters()):
+            register_module(self.name, self)
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        """Table :math:`g(z_b, a_m)` of shape ``z.shape[:-1] + (M,)`` for atoms of shape ``(M, D)``."""
+        self._register()
+        return self.forward(z.unsqueeze(-2), atoms)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        r""":math:`\log \mathbb E_{f_m}[\exp g(z, z')]` for every factor; defaults to :math:`g(z, \mathbb E f_m)`."""
+        return self.pairwise(z, factors.mean)
+
+    def expected_logsumexp(
+        self, z: torch.Tensor, factors: Factor, *, backend: str = "auto", chunk_size: int | None = None
+    ) -> torch.Tensor:
+        r""":math:`\log\sum_m \mathbb E_{f_m}[\exp g(z, z')]`, shape ``z.shape[:-1]``.
+
+        The row-logsumexp of :meth:`expected_pairwise`: the table for small supports or
+        ``backend="dense"``, else :meth:`_streamed_logsumexp` where a coupling has one (bilinear,
+        RBF and cosine; module docstring).
+
+        :param str backend: ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (:mod:`pyro_rpm.normalisers`).
+        :param int chunk_size: support points per chunk (streamed/fused backends).
+        """
+        rows = z.numel() // z.shape[-1] if z.shape[-1] else 0
+        if use_dense(backend, rows * factors.num_support) or not self.streams:
+            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+        self._register()
+        return self._streamed_logsumexp(z, factors, backend, chunk_size)
+
+    #: whether :meth:`_streamed_logsumexp` is implemented.
+    streams: bool = False
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        """:meth:`expected_logsumexp` without the table (parameters already registered)."""
+        raise NotImplementedError
+
+
+def _stochastic_gaussian(factors: Factor) -> bool:
+    return isinstance(factors, GaussianFactor) and not factors.is_point_mass
+
+
+def _shared_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x[0]`` when ``x`` is one ``(D,)`` vector expanded along the support dimension, else ``x``."""
+    return x[0] if x.dim() == 2 and x.stride(0) == 0 else x
+
+
+class BilinearCoupling(Coupling):
+    r"""InfoNCE's bilinear critic :math:`g(z, z') = z^\top W z'`.
+
+    For a Gaussian factor the expectation is exact:
+    :math:`\log \mathbb E[e^{u^\top z'}] = u^\top \mu + \tfrac12 \sum_d u_d^2 s_d^2`, with :math:`u = W^\top z`.
+
+    :param int dim: dimension of z.
+    :param int dim2: dimension of z' (default ``dim``).
+    :param bool learn: learn W (initialised at the identity) or keep it fixed.
+    """
+
+    def __init__(self, dim: int, dim2: int | None = None, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim2 = dim if dim2 is None else dim2
+        if isinstance(dim2, bool) or not isinstance(dim2, int) or dim2 < 1:
+            raise ValueError(f"dim2 must be a positive int or None, got {dim2!r}")
+        weight = torch.eye(dim, dim2)
+        set_learnable(self, "weight", weight, learn)
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return ((z @ self.weight.to(z.dtype)) * z2).sum(-1)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return (z @ self.weight.to(z.dtype)) @ atoms.transpose(-1, -2)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+            return self.pairwise(z, factors.mean)
+        self._register()
+        u = z @ self.weight.to(z.dtype)
+        return u @ factors.loc.transpose(-1, -2) + 0.5 * (u * u) @ factors.variance.transpose(-1, -2)
+
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
+    ) -> torch.Tensor:
+        u = z @ self.weight.to(z.dtype)
+        if not _stochastic_gaussian(factors):
+            return score_logsumexp(u, factors.mean, backend=backend, chunk_size=chunk_size)
+        query = torch.cat([u, 0.5 * u * u], dim=-1)
+        keys = torch.cat([factors.loc, factors.variance], dim=-1)
+        return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
+
+
+class AnisotropicRBFCoupling(Coupling):
+    r"""Gaussian RBF coupling with a lengthscale per dimension (AnInfoNCE),
+    :math:`g(z, z') = -\sum_d (z_d - z'_d)^2 / (2\ell_d^2)`.
+
+    For a Gaussian factor, :math:`\log \mathbb E[e^{g}] = \sum_d \big[\tfrac12 \log\frac{\ell_d^2}{\ell_d^2 + s_d^2}
+    - \frac{(z_d - \mu_d)^2}{2(\ell_d^2 + s_d^2)}\big]`, exact.
+
+    :param int dim: latent dimension.
+    :param lengthscale: initial lengthscale(s), positive.
+    :param bool learn: learn the lengthscales.
+    """
+
+    def __init__(
+        self, dim: int, lengthscale: float | torch.Tensor = 1.0, *, learn: bool = True, name: str | None = None
+    ) -> None:
+        super().__init__(name=name)
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        set_learnable(self, "log_lengthscale", _log_positive(lengthscale, self._shape(dim), "lengthscale"), learn)
+
+    def _shape(self, dim: int) -> tuple[int, ...]:
+        return (dim,)
+
+    @property
+    def lengthscale(self) -> torch.Tensor:
+        return self.log_lengthscale.exp()
+
+    @property
+    def precision(self) -> torch.Tensor:
+        r"""Per-dimension precision :math:`\ell_d^{-2}` of the implied Gaussian :math:`p(z' \mid z)`."""
+        return (-2 * self.log_lengthscale).exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        diff = z - z2
+        return -0.5 * (diff * diff * self.precision.to(z.dtype)).sum(-1)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        precision = self.precision.to(z.dtype).expand(z.shape[-1])
+        return quadratic_pairwise(z, atoms, precision)
+
+    def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
+        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+            return self.pairwise(z, factors.mean)
+        self._register()
+        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(z.shape[-1])
+        total = ell2 + factors.variance  # (M, D)
+        log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
+        return quadratic_pairwise(z, factors.loc, total.reciprocal()) + log_shrink
+
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
+    ) -> torch.Tensor:
+        dim = z.shape[-1]
+        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(dim)
+        # log sum_m N(z; mu_m, diag(l^2 + s_m^2)) + D/2 log 2 pi + sum_d log l_d
+        constant = 0.5 * dim * math.log(2 * math.pi) + 0.5 * ell2.log().sum()
+        if _stochastic_gaussian(factors):
+            loc, variance = factors.loc, ell2 + _shared_rows(factors.scale).pow(2)
+        else:
+            loc, variance = factors.mean, ell2
+        lse = gaussian_logsumexp(z, loc, precision=variance.reciprocal(), backend=backend, chunk_size=chunk_size)
+        return lse + constant
+
+
+class RBFCoupling(AnisotropicRBFCoupling):
+    r"""Gaussian RBF coupling with one learned lengthscale (Aitchison & Ganev, Eq. 27),
+    :math:`g(z, z') = -\lVert z - z' \rVert^2 / (2\ell^2)`.
+
+    With a uniform :math:`F` this is the prior :math:`z' \mid z \sim \mathcal N(z, \ell^2 I)`.
+
+    :param float lengthscale: initial lengthscale.
+    :param bool learn: learn the lengthscale.
+    """
+
+    def __init__(self, lengthscale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(1, lengthscale, learn=learn, name=name)
+
+    def _shape(self, dim: int) -> tuple[int, ...]:
+        return ()
+
+
+class CosineCoupling(Coupling):
+    r"""SimCLR's cosine critic :math:`g(z, z') = \cos(z, z') / \tau`.
+
+    For stochastic factors the expectation has no closed form; the factor mean is used.
+
+    :param float temperature: :math:`\tau > 0`.
+    :param bool learn: learn the temperature.
+    """
+
+    def __init__(self, temperature: float = 0.1, *, learn: bool = False, name: str | None = None) -> None:
+        super().__init__(name=name)
+        set_learnable(self, "log_temperature", _log_positive(temperature, (), "temperature"), learn)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return F.cosine_similarity(z, z2, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        zn = F.normalize(z, dim=-1, eps=1e-8)
+        an = F.normalize(atoms, dim=-1, eps=1e-8)
+        return zn @ an.transpose(-1, -2) / self.temperature.to(z.dtype)
+
+    streams = True
+
+    def _streamed_logsumexp(
+        self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
+    ) -> torch.Tensor:
+        query = F.normalize(z, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+        keys = F.normalize(factors.mean, dim=-1, eps=1e-8)
+        return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
+
+
+class LaplaceCoupling(Coupling):
+    r"""L1 coupling :math:`g(z, z') = -\lVert z - z' \rVert_1 / b` (Laplace positive pairs).
+
+    The pairwise table needs the elementwise differences; it is computed in chunks of support
+    points so memory stays bounded.
+
+    :param float scale: :math:`b > 0`.
+    :param bool learn: learn the scale.
+    """
+
+    def __init__(self, scale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
+        super().__init__(name=name)
+        set_learnable(self, "log_scale", _log_positive(scale, (), "scale"), learn)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self._register()
+        return -(z - z2).abs().sum(-1) / self.scale.to(z.dtype)
+
+    def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        self._register()
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, z.shape[-1])
+        chunk = max(1, (1 << 22) // max(1, flat.shape[0] * z.shape[-1]))
+        pieces = [torch.cdist(flat, atoms[i : i + chunk], p=1) for i in range(0, atoms.shape[0], chunk)]
+        return (-torch.cat(pieces, -1) / self.scale.to(z.dtype)).reshape(*lead, atoms.shape[0])

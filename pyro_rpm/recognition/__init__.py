@@ -1,0 +1,26 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""Recognition factors :math:`f(z \mid x_m)` over a support set, and the modules that build them.
+
+:mod:`~pyro_rpm.recognition.base` holds the contracts (:class:`Factor`, :class:`Recognition`); each
+family lives in a file of its own with its factor and its recognition module side by side.
+"""
+
+from ._cat import cat_factors
+from .base import Factor, Recognition, use_dense
+from .categorical import CategoricalFactor, CategoricalRecognition
+from .delta import DeltaFactor, DeltaRecognition
+from .gaussian import GaussianFactor, GaussianRecognition, gaussian_log_partition
+
+__all__ = [
+    "CategoricalFactor",
+    "CategoricalRecognition",
+    "DeltaFactor",
+    "DeltaRecognition",
+    "Factor",
+    "GaussianFactor",
+    "GaussianRecognition",
+    "Recognition",
+    "cat_factors",
+    "gaussian_log_partition",
+    "use_dense",
+]
