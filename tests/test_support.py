@@ -26,7 +26,7 @@ from pyro_rpm import (
     RecognitionLikelihood,
     observe,
 )
-from pyro_rpm.recognition._cat import cat_factors
+from pyro_rpm.recognition import cat_factors
 from pyro_rpm.recognition.delta import DeltaFactor
 from pyro_rpm.support.banks import IndexedBankSupport, MemoryBankSupport
 from pyro_rpm.support.base import InBatchSupport
@@ -166,7 +166,7 @@ def test_full_data_replays_dropout_masks():
     after_got = torch.rand(3)
     torch.manual_seed(5)
     out = torch.cat([r.net(x[i : i + 48]) for i in range(0, 200, 48)])
-    want = torch.autograd.grad(objective(r._factor(out)), list(r.parameters()))
+    want = torch.autograd.grad(objective(r.head(out)), list(r.parameters()))
     after_want = torch.rand(3)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
@@ -315,7 +315,7 @@ def test_momentum_encoder_ema_is_exact():
     for p_k, p0, p in zip(key.parameters(), before, r.parameters()):
         torch.testing.assert_close(p_k, 0.9 * p0 + 0.1 * p.detach(), rtol=0, atol=1e-15)
     with torch.no_grad():
-        want = key._factor(key.net(x))
+        want = key.head(key.net(x))
     torch.testing.assert_close(s.bank.loc, want.loc)  # entries come from the key encoder
     torch.testing.assert_close(s.bank.scale, want.scale)
     assert not torch.allclose(s.bank.loc, r(x).loc.detach())

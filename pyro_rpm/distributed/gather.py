@@ -27,8 +27,6 @@ import torch.distributed as dist
 from .._pyro import _CACHE
 from .._validation import check_tensor
 from ..recognition.base import Factor
-from ..recognition.categorical import CategoricalFactor
-from ..recognition.gaussian import GaussianFactor
 from .group import rank_and_world_size
 
 __all__ = ["all_gather_with_grad", "gather_factors", "local_index"]
@@ -99,23 +97,14 @@ def _check_equal_sizes(rows: int, device: torch.device, group: Any) -> None:
 
 
 def _parts(factor: Factor) -> list[torch.Tensor]:
-    """The tensors that define a factor, each of shape ``(B, k)``."""
-    if isinstance(factor, GaussianFactor):
-        return [factor.loc, factor.scale]
-    if isinstance(factor, CategoricalFactor):
-        return [factor.logits]
-    raise TypeError(f"gather_factors supports Gaussian, Delta and Categorical factors, got {type(factor).__name__}")
+    """The tensors that define a factor (:meth:`~pyro_rpm.Factor.tensors`), each flattened to ``(B, k)``."""
+    return [t.reshape(t.shape[0], -1) for t in factor.tensors()]
 
 
 def _rebuild(factor: Factor, parts: list[torch.Tensor]) -> Factor:
-    """A factor of ``factor``'s type (and extra state, e.g. a DeltaFactor's eps) from gathered parts."""
-    if isinstance(factor, CategoricalFactor):
-        return CategoricalFactor(parts[0], validate_args=False)
-    gathered = type(factor).__new__(type(factor))
-    gathered.__dict__.update({k: v for k, v in factor.__dict__.items() if k in factor._extra_state})
-    GaussianFactor.__init__(gathered, parts[0], parts[1], validate_args=False)
-    gathered._validate_args = factor._validate_args
-    return gathered
+    """A factor of ``factor``'s family and settings (:meth:`~pyro_rpm.Factor.with_tensors`) from gathered parts."""
+    shapes = [t.shape[1:] for t in factor.tensors()]
+    return factor.with_tensors([p.reshape((p.shape[0],) + shape) for p, shape in zip(parts, shapes)])
 
 
 def gather_factors(

@@ -17,7 +17,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from ..guides.tied import TiedPosterior
-from ..recognition.gaussian import GaussianFactor
+from ..recognition.base import Factor
 from ..train._data import epoch_permutation
 from .group import rank_and_world_size
 
@@ -120,7 +120,7 @@ class ShardedNoise(Messenger):
         frame = next((f for f in msg["cond_indep_stack"] if f.name == self.plate), None)
         fn = msg["fn"]
         base = fn.base if isinstance(fn, TiedPosterior) else fn
-        if frame is None or not isinstance(base, GaussianFactor):
+        if frame is None or not isinstance(base, Factor) or base.diagonal_gaussian() is None:
             return
         if base.is_point_mass:
             msg["value"] = fn.rsample()

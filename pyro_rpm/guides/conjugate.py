@@ -75,7 +75,6 @@ from torch import nn
 
 from ..likelihood.trajectory import TrajectoryLikelihood
 from ..priors.gaussian_sequence import ConjugateGaussianSequence
-from ..recognition.gaussian import GaussianFactor
 from ._private_run import PrivateModelRun, sample_in_model_plates
 
 __all__ = ["REFERENCES", "ConjugateGaussianGuide"]
@@ -166,12 +165,15 @@ class ConjugateGaussianGuide(nn.Module):
         eta1 = precision = None
         for lik in lik_names:
             factors = sites[lik]["fn"].observed_factors(sites[lik]["value"])
-            if not isinstance(factors, GaussianFactor):
+            gaussian = factors.diagonal_gaussian()
+            if gaussian is None:
                 raise ValueError(
                     f"likelihood site '{lik}' of latent '{latent}' has {type(factors).__name__} factors; "
                     "ConjugateGaussianGuide needs diagonal Gaussian factors (GaussianRecognition)"
                 )
-            e, p = factors.natural_params  # dtype/device already match the latent (TrajectoryLikelihood checks)
+            # dtype/device already match the latent (TrajectoryLikelihood checks)
+            p = gaussian[1].pow(-2)
+            e = gaussian[0] * p
             eta1 = e if eta1 is None else eta1 + e
             precision = p if precision is None else precision + p
         if self.reference == "marginal":

@@ -29,18 +29,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._pyro import param_store_rollback, record_recognition_calls
 from ..likelihood.recognition import RecognitionLikelihood
-from ..recognition.categorical import CategoricalFactor
-from ..recognition.gaussian import GaussianFactor, gaussian_log_partition
+from ..recognition.gaussian import GaussianFactor
 from ._plan import locate, make_plan, planning_enabled
 from ._private_run import PrivateModelRun, sample_in_model_plates
-from .tied import TiedPosterior, _diag_normal
+from .tied import TiedPosterior, diagonal_normal
 
 __all__ = ['RecognitionGuide']
 
@@ -172,7 +170,7 @@ class RecognitionGuide(nn.Module):
             if any(_enumerated(site) for site in sites.values()):
                 prior_fn = None  # the prior may depend on an enumerated site's placeholder value
             else:
-                normal = _diag_normal(prior_fn)
+                normal = diagonal_normal(prior_fn)
                 others = [s["value"] for n, s in sites.items() if n != latent and not s["is_observed"]]
                 if normal is not None and _depends_on(normal, others):
                     prior_fn = None  # a conditional prior, read at another latent's placeholder
@@ -183,7 +181,7 @@ class RecognitionGuide(nn.Module):
         if self.amortiser is not None or self.combine == "product":
             return True
         for lik_names in links.values():
-            if len(lik_names) > 1 and not all(isinstance(sites[n]["fn"].factors, CategoricalFactor) for n in lik_names):
+            if len(lik_names) > 1 and any(sites[n]["fn"].factors.combine_uses_prior for n in lik_names):
                 return False
         return True
 
@@ -192,55 +190,30 @@ class RecognitionGuide(nn.Module):
             return self._amortised(factors, lik_names)
         if len(factors) == 1:
             return TiedPosterior(factors[0], tuple(lik_names))
-        if all(isinstance(f, CategoricalFactor) for f in factors):
-            logits = sum(f.logits for f in factors)
-            log_z = torch.logsumexp(logits, -1)
-            base = CategoricalFactor(logits - log_z.unsqueeze(-1))
-            return TiedPosterior(base, tuple(lik_names), lambda value: -log_z)
-        if not all(isinstance(f, GaussianFactor) for f in factors):
+        family = type(factors[0])
+        prior = None
+        if family.combine_uses_prior and self.combine != "product":
+            prior = diagonal_normal(prior_fn)
+            if prior is None and self.combine == "prior_product":
+                raise ValueError(f"latent '{latent}': combine='prior_product' needs a diagonal Normal prior")
+        try:
+            combined = family.combine(factors, prior)
+        except ValueError as error:
+            raise ValueError(f"latent '{latent}': {error}") from None
+        if combined is None:
             raise ValueError(
-                f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]}"
+                f"latent '{latent}': cannot combine factors of types {[type(f).__name__ for f in factors]} "
+                f"({family.__name__}.combine has no closed form for them)"
             )
-        prior = _diag_normal(prior_fn) if self.combine != "product" else None
-        if prior is None and self.combine == "prior_product":
-            raise ValueError(f"latent '{latent}': combine='prior_product' needs a diagonal Normal prior")
-        return self._gaussian_product(latent, factors, prior, tuple(lik_names))
-
-    def _gaussian_product(self, latent, factors, prior, lik_names) -> TiedPosterior:
-        J = len(factors)
-        eta1 = sum(f.natural_params[0] for f in factors)
-        precision = sum(f.natural_params[1] for f in factors)
-        log_parts = sum(gaussian_log_partition(*f.natural_params) for f in factors)
-        prior_dist = None
-        if prior is not None:
-            p_loc, p_scale = prior
-            p_prec = p_scale.pow(-2)
-            eta1 = eta1 - (J - 1) * p_loc * p_prec
-            precision = precision - (J - 1) * p_prec
-            log_parts = log_parts - (J - 1) * gaussian_log_partition(p_loc * p_prec, p_prec)
-            prior_dist = dist.Normal(p_loc, p_scale)
-        if not bool((precision > 0).all()):
-            raise ValueError(
-                f"latent '{latent}': the combined posterior precision sum_j lambda_j - (J-1) lambda_prior is not "
-                "positive; use GaussianRecognition(prior_scale=...) so factors are 'prior + network', or "
-                "RecognitionGuide(combine='product')"
-            )
-        log_z = (gaussian_log_partition(eta1, precision) - log_parts).sum(-1)
-        base = GaussianFactor.from_natural(eta1, precision)
-
-        def residual(value: torch.Tensor) -> torch.Tensor:
-            r = -log_z
-            if prior_dist is not None:
-                r = r + (1 - J) * prior_dist.log_prob(value).sum(-1)
-            return r
-
-        return TiedPosterior(base, lik_names, residual)
+        base, residual = combined
+        return TiedPosterior(base, tuple(lik_names), residual)
 
     def _amortised(self, factors, lik_names) -> TiedPosterior:
-        if not all(isinstance(f, GaussianFactor) for f in factors):
+        gaussians = [f.diagonal_gaussian() for f in factors]
+        if any(g is None for g in gaussians):
             raise ValueError("amortiser= needs Gaussian recognition factors")
         pyro.module(f"{self.name}.amortiser", self.amortiser)
-        features = torch.cat([torch.cat([f.loc, f.scale.log()], -1) for f in factors], -1)
+        features = torch.cat([torch.cat([loc, scale.log()], -1) for loc, scale in gaussians], -1)
         out = self.amortiser(features)
         D = factors[0].event_shape[0]
         if out.shape[-1] != 2 * D:

@@ -10,9 +10,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 
-from ..recognition.gaussian import GaussianFactor
+from ..recognition.base import Factor
 
-__all__ = ['TiedPosterior']
+__all__ = ["TiedPosterior", "diagonal_normal"]
 
 
 class TiedPosterior(TorchDistribution):
@@ -89,8 +89,9 @@ class TiedPosterior(TorchDistribution):
         return self._residual(value).expand(shape)
 
 
-def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Return (loc, scale) if ``fn`` is a diagonal Normal over a vector, else None."""
+def diagonal_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` if the distribution ``fn`` is a diagonal Normal over a vector (possibly expanded, or
+    a factor whose :meth:`~pyro_rpm.Factor.diagonal_gaussian` is one), else ``None``."""
     while isinstance(fn, dist.ExpandedDistribution):
         fn = fn.base_dist
     if isinstance(fn, (dist.Independent, torch.distributions.Independent)) and fn.reinterpreted_batch_ndims == 1:
@@ -99,6 +100,6 @@ def _diag_normal(fn: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
             base = base.base_dist
         if isinstance(base, (dist.Normal, torch.distributions.Normal)):
             return base.loc, base.scale
-    if isinstance(fn, GaussianFactor):
-        return fn.loc, fn.scale
+    if isinstance(fn, Factor):
+        return fn.diagonal_gaussian()
     return None

@@ -45,10 +45,9 @@ from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import param_store_rollback, recognition_cache
 from ..guides._plan import PlanMismatch, planning
-from ..guides.tied import TiedPosterior, _diag_normal
+from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
 from ..priors.empirical import EmpiricalMarginalPrior
-from ..recognition.gaussian import GaussianFactor
 from .estimators import ESTIMATORS, interior_bound
 
 __all__ = ["RPM_ELBO"]
@@ -255,14 +254,15 @@ class RPM_ELBO(Trace_ELBO):
         if self.estimator == "mc" or guide_site is None:
             return fn.log_normaliser
         q = guide_site["fn"].base
-        if not isinstance(q, GaussianFactor) or not isinstance(fn.factors, GaussianFactor) or q.is_point_mass:
+        point_mass = getattr(q, "is_point_mass", False)
+        if diagonal_normal(q) is None or fn.factors.diagonal_gaussian() is None or point_mass:
             raise ValueError(
                 "estimator='interior' needs Gaussian recognition factors and a Gaussian tied posterior "
                 f"(got {type(fn.factors).__name__} and {type(q).__name__})"
             )
         reference = None
         if self.reference == "prior":
-            reference = _diag_normal(model_trace.nodes[guide_site["name"]]["fn"])
+            reference = diagonal_normal(model_trace.nodes[guide_site["name"]]["fn"])
             if reference is None:
                 raise ValueError("reference='prior' needs a diagonal Normal prior on the tied latent")
         # -interior_bound is an upper bound on E_q[log sum_m f]; the ELBO stays a lower bound.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..guides.tied import diagonal_normal
 from ..recognition.gaussian import GaussianFactor, gaussian_log_partition
 
 __all__ = ["ESTIMATORS", "monte_carlo_log_normaliser", "interior_bound"]
@@ -39,6 +40,14 @@ def _gaussian_kl(loc_q, var_q, loc_p, var_p) -> torch.Tensor:
     return 0.5 * ((var_q + (loc_q - loc_p) ** 2) / var_p - 1 + var_p.log() - var_q.log()).sum(-1)
 
 
+def _as_gaussian(f) -> GaussianFactor:
+    """The diagonal Gaussian ``f`` is (:meth:`~pyro_rpm.Factor.diagonal_gaussian`, or a Normal), as a GaussianFactor."""
+    gaussian = diagonal_normal(f)
+    if gaussian is None:
+        raise ValueError(f"the interior bound needs diagonal Gaussian factors and posteriors, got {type(f).__name__}")
+    return GaussianFactor(*gaussian, validate_args=False)
+
+
 def interior_bound(
     q: GaussianFactor,
     factors: GaussianFactor,
@@ -48,14 +57,15 @@ def interior_bound(
 ) -> torch.Tensor:
     r"""Closed-form lower bound on :math:`-\mathbb E_{q_n}[\log\sum_m f_m(z)]` for each datum n.
 
-    :param GaussianFactor q: posteriors :math:`q_n`, batch shape ``(..., B)``.
-    :param GaussianFactor factors: support factors :math:`f_m`, batch shape ``(M,)``.
+    :param q: diagonal Gaussian posteriors :math:`q_n`, batch shape ``(..., B)``.
+    :param Factor factors: diagonal Gaussian support factors :math:`f_m`, batch shape ``(M,)``.
     :param torch.Tensor index: support index of each datum, shape ``(B,)``.
     :param reference: ``(loc, scale)`` of a diagonal Gaussian reference :math:`r` (e.g. the prior),
         or ``None`` for a flat reference.
     :param int chunk_size: support points per chunk of the :math:`B \times M \times D` computation.
     :returns: a tensor of shape ``q.batch_shape``.
     """
+    q, factors = _as_gaussian(q), _as_gaussian(factors)
     h_q, lam_q = q.natural_params  # (..., B, D)
     if reference is not None:
         r_loc, r_scale = reference

@@ -96,8 +96,7 @@ class RecognitionLikelihood(TorchDistribution):
                 f"latent must end with the factors' event shape {tuple(factors.event_shape)}, "
                 f"got shape {tuple(latent.shape)}"
             )
-        reference = factors.loc if hasattr(factors, "loc") else factors.logits
-        check_same_device_and_dtype(latent, "latent", reference, "factors")
+        check_same_device_and_dtype(latent, "latent", factors.tensors()[0], "factors")
         if latent.is_floating_point():
             check_finite(latent, "latent")
         use_dense(backend, 0)  # validates the name

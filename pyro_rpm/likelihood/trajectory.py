@@ -45,7 +45,6 @@ from torch.distributions.utils import lazy_property
 
 from .._validation import check_finite, check_same_device_and_dtype, check_tensor
 from ..recognition.base import Factor
-from ..recognition.gaussian import GaussianFactor
 from ..support.sequences import POOLINGS, _check_frame_factors
 
 __all__ = ["POOLINGS", "TrajectoryLikelihood", "observe_trajectories"]
@@ -139,10 +138,10 @@ class TrajectoryLikelihood(TorchDistribution):
         if self.pooling == "ergodic":
             return self.factors.pairwise_log_prob(self.latent)
         N, T = self.num_sequences, self.num_steps
-        if isinstance(self.factors, GaussianFactor):
+        gaussian = self.factors.diagonal_gaussian()
+        if gaussian is not None:
             D = self.factors.event_shape[0]
-            loc = self.factors.loc.reshape(N, T, D)
-            scale = self.factors.scale.reshape(N, T, D)
+            loc, scale = (t.reshape(N, T, D) for t in gaussian)
             return _gaussian_table_per_step(self.latent, loc, scale)
         event_dim = len(self.factors.event_shape)
         frames = torch.arange(N, device=self.latent.device) * T
@@ -186,13 +185,7 @@ class TrajectoryLikelihood(TorchDistribution):
         """The factors :math:`f(\\cdot \\mid x^{(n)}_t)` of the observed frames, ``batch_shape == value.shape``."""
         frames = self.frame_index(value)
         flat = self.factors.index(frames.reshape(-1))
-        if isinstance(flat, GaussianFactor):
-            return GaussianFactor(
-                flat.loc.reshape(frames.shape + flat.event_shape),
-                flat.scale.reshape(frames.shape + flat.event_shape),
-                validate_args=False,
-            )
-        return type(flat)(flat.logits.reshape(frames.shape + flat.logits.shape[-1:]), validate_args=False)
+        return flat.with_tensors([t.reshape(frames.shape + t.shape[1:]) for t in flat.tensors()])
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TrajectoryLikelihood, _instance)

@@ -40,7 +40,6 @@ from .._validation import check_positive
 from ..normalisers import gaussian_logsumexp, score_logsumexp
 from ..normalisers.dense import quadratic_pairwise
 from ..recognition.base import Factor, use_dense
-from ..recognition.gaussian import GaussianFactor
 
 __all__ = [
     "Coupling",
@@ -122,7 +121,8 @@ class Coupling(nn.Module):
 
 
 def _stochastic_gaussian(factors: Factor) -> bool:
-    return isinstance(factors, GaussianFactor) and not factors.is_point_mass
+    """Whether the factors are diagonal Gaussians that are not point masses (closed-form expectations)."""
+    return not factors.is_point_mass and factors.diagonal_gaussian() is not None
 
 
 def _shared_rows(x: torch.Tensor) -> torch.Tensor:
@@ -160,11 +160,11 @@ class BilinearCoupling(Coupling):
         return (z @ self.weight.to(z.dtype)) @ atoms.transpose(-1, -2)
 
     def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
-        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+        if not _stochastic_gaussian(factors):
             return self.pairwise(z, factors.mean)
         self._register()
         u = z @ self.weight.to(z.dtype)
-        return u @ factors.loc.transpose(-1, -2) + 0.5 * (u * u) @ factors.variance.transpose(-1, -2)
+        return u @ factors.diagonal_gaussian()[0].transpose(-1, -2) + 0.5 * (u * u) @ factors.diagonal_gaussian()[1].pow(2).transpose(-1, -2)
 
     streams = True
 
@@ -175,7 +175,7 @@ class BilinearCoupling(Coupling):
         if not _stochastic_gaussian(factors):
             return score_logsumexp(u, factors.mean, backend=backend, chunk_size=chunk_size)
         query = torch.cat([u, 0.5 * u * u], dim=-1)
-        keys = torch.cat([factors.loc, factors.variance], dim=-1)
+        keys = torch.cat([factors.diagonal_gaussian()[0], factors.diagonal_gaussian()[1].pow(2)], dim=-1)
         return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
 
 
@@ -222,13 +222,13 @@ class AnisotropicRBFCoupling(Coupling):
         return quadratic_pairwise(z, atoms, precision)
 
     def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
-        if factors.is_point_mass or not isinstance(factors, GaussianFactor):
+        if not _stochastic_gaussian(factors):
             return self.pairwise(z, factors.mean)
         self._register()
         ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(z.shape[-1])
-        total = ell2 + factors.variance  # (M, D)
+        total = ell2 + factors.diagonal_gaussian()[1].pow(2)  # (M, D)
         log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
-        return quadratic_pairwise(z, factors.loc, total.reciprocal()) + log_shrink
+        return quadratic_pairwise(z, factors.diagonal_gaussian()[0], total.reciprocal()) + log_shrink
 
     streams = True
 
@@ -240,7 +240,7 @@ class AnisotropicRBFCoupling(Coupling):
         # log sum_m N(z; mu_m, diag(l^2 + s_m^2)) + D/2 log 2 pi + sum_d log l_d
         constant = 0.5 * dim * math.log(2 * math.pi) + 0.5 * ell2.log().sum()
         if _stochastic_gaussian(factors):
-            loc, variance = factors.loc, ell2 + _shared_rows(factors.scale).pow(2)
+            loc, variance = factors.diagonal_gaussian()[0], ell2 + _shared_rows(factors.diagonal_gaussian()[1]).pow(2)
         else:
             loc, variance = factors.mean, ell2
         lse = gaussian_logsumexp(z, loc, precision=variance.reciprocal(), backend=backend, chunk_size=chunk_size)

@@ -28,7 +28,6 @@ from torch.distributions.utils import lazy_property
 
 from .._validation import check_same_device_and_dtype, check_tensor
 from ..recognition.base import Factor, use_dense
-from ..recognition.categorical import CategoricalFactor
 from .couplings import Coupling
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
@@ -120,7 +119,7 @@ class MarginalPrior(EmpiricalMarginalPrior):
         if value.is_floating_point():
             dtype = value.dtype
         else:
-            dtype = (factors.logits if isinstance(factors, CategoricalFactor) else factors.mean).dtype
+            dtype = factors.dtype
         return torch.full(shape, -math.log(self.num_support), dtype=dtype, device=value.device)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:

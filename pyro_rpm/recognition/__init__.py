@@ -5,8 +5,7 @@ r"""Recognition factors :math:`f(z \mid x_m)` over a support set, and the module
 family lives in a file of its own with its factor and its recognition module side by side.
 """
 
-from ._cat import cat_factors
-from .base import Factor, Recognition, use_dense
+from .base import Factor, Recognition, cat_factors, use_dense
 from .categorical import CategoricalFactor, CategoricalRecognition
 from .delta import DeltaFactor, DeltaRecognition
 from .gaussian import GaussianFactor, GaussianRecognition, gaussian_log_partition

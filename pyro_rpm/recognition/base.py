@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import itertools
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
@@ -15,7 +18,7 @@ from .._pyro import _CACHE, _CALLS, param_store_rollback, register_module
 from .._validation import check_finite, check_tensor
 from ..normalisers import BACKENDS, DENSE_MAX_PAIRS
 
-__all__ = ['Factor', 'use_dense', 'Recognition']
+__all__ = ["Factor", "Recognition", "cat_factors", "use_dense"]
 
 
 def use_dense(backend: str, num_pairs: int) -> bool:
@@ -31,20 +34,139 @@ def use_dense(backend: str, num_pairs: int) -> bool:
 
 
 class Factor(TorchDistribution):
-    """Marker base class of recognition factors (see the module docstring)."""
+    r"""The contract of a recognition family: factors :math:`f(z \mid x_m)` over M support points.
+
+    A factor is a :class:`~pyro.distributions.TorchDistribution` with ``batch_shape == (M,)`` (one
+    distribution per support point) whose parameters are a few tensors with a leading support
+    dimension. Everything the rest of the package needs from a family is here; a new family
+    subclasses :class:`Factor` in one file and implements the four abstract members.
+
+    **Abstract** (every family):
+
+    * :meth:`tensors`, :meth:`with_tensors`: the parameter tensors ``(M, ...)``, and a factor of the
+      same family and settings built from new ones. :meth:`index`, :meth:`detach`, :meth:`to`,
+      :meth:`cat` and gathering across processes (:func:`pyro_rpm.distributed.gather_factors`)
+      follow from these two;
+    * :meth:`log_prob`: :math:`\log f(z \mid x_m)` for latents broadcasting against ``batch_shape``;
+    * :meth:`pairwise_log_prob`: the table :math:`\log f(z_b \mid x_m)`, shape ``(..., M)``.
+
+    **Overridable** (defaults that are right for every family, and hooks with a closed form):
+
+    * :meth:`pairwise_logsumexp`: the normaliser :math:`\log\sum_m f(z_b \mid x_m)`; the default is
+      the dense table, families override it with an exact kernel of :mod:`pyro_rpm.normalisers`;
+    * :meth:`combine`: the normalised product :math:`q \propto \prod_j f_j` (optionally with a
+      diagonal Gaussian prior, :math:`q \propto p \prod_j f_j / p`) where it has a closed form;
+    * :meth:`diagonal_gaussian`: ``(loc, scale)`` when the factor *is* a diagonal Gaussian (closed
+      forms of couplings, the interior estimator, amortised guides), else ``None``;
+    * :meth:`settings`: the non-tensor state that factors must share to be concatenated.
+
+    :attr:`tensor_names` names the tensors (error messages); :attr:`is_point_mass` says whether
+    :meth:`rsample` returns a location exactly (a deterministic encoder).
+    """
 
     #: True when :meth:`rsample` returns the factor's location exactly (a deterministic encoder).
     is_point_mass: bool = False
+    #: Names of the tensors returned by :meth:`tensors`, in order (for error messages).
+    tensor_names: tuple[str, ...] = ()
+    #: Whether :meth:`combine` of several factors uses the latent's prior (a guide must then read it).
+    combine_uses_prior: bool = False
 
-    def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # ------------------------------------------------------------------ abstract
+    @abstractmethod
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The parameter tensors of the factors, each with the support dimension first, ``(M, ...)``."""
 
-    def index(self, idx: torch.Tensor) -> Factor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Factor:
+        """Factors of this family and :meth:`settings` with new parameter tensors (same order as :meth:`tensors`)."""
 
-    def detach(self) -> Factor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log f(z \mid x_m)`, broadcasting ``value`` against ``batch_shape``."""
 
+    @abstractmethod
+    def pairwise_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        r"""Table :math:`\log f(z_b \mid x_m)` of latents ``z`` (shape ``(..., *event_shape)``) against
+        all M support points, shape ``(..., M)``."""
+
+    # ------------------------------------------------------------------ derived from the tensors
+    def settings(self) -> dict[str, Any]:
+        """Non-tensor state (e.g. a :class:`~pyro_rpm.DeltaFactor`'s ``eps``); :meth:`cat` requires it equal."""
+        return {}
+
+    @property
+    def num_support(self) -> int:
+        """Number of support points M (the leftmost batch dimension)."""
+        return self.batch_shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameter tensors."""
+        return self.tensors()[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point dtype of the parameter tensors."""
+        return self.tensors()[0].dtype
+
+    def index(self, idx: torch.Tensor) -> Factor:
+        """Factors of the support points ``idx`` (indexing the leftmost batch dimension)."""
+        return self.with_tensors([t[idx] for t in self.tensors()])
+
+    def detach(self) -> Factor:
+        """The same factors cut from the autograd graph (e.g. memory-bank entries)."""
+        return self.with_tensors([t.detach() for t in self.tensors()])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Factor:
+        """The same factors with their tensors on ``device`` and (floating tensors) in ``dtype``."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        return self.with_tensors(
+            [t.to(device=device, dtype=dtype if t.is_floating_point() else None) for t in self.tensors()]
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[Factor]) -> Factor:
+        r"""Concatenate factors of one family along the support dimension: :math:`M = \sum_i M_i` points.
+
+        Used to build a support set from pieces, e.g. ``[minibatch; memory bank]``
+        (:mod:`pyro_rpm.support`). Gradients flow into every part that carries them.
+
+        :param parts: factors of the same type and :meth:`settings`, each with ``batch_shape == (M_i,)``,
+            on one device and dtype.
+        :raises TypeError: for non-factors or mixed types.
+        :raises ValueError: for an empty list, mismatched event shapes, devices, dtypes or settings.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("parts must hold at least one factor")
+        first = parts[0]
+        for i, part in enumerate(parts):
+            if not isinstance(part, Factor) or type(part) is not type(first):
+                raise TypeError(
+                    f"parts must be factors of one type; parts[0] is {type(first).__name__}, "
+                    f"parts[{i}] is {type(part).__name__}"
+                )
+            if len(part.batch_shape) != 1:
+                raise ValueError(f"parts[{i}] must have batch_shape (M,), got {tuple(part.batch_shape)}")
+            if part.event_shape != first.event_shape:
+                raise ValueError(
+                    f"parts[{i}] has event shape {tuple(part.event_shape)} but parts[0] has {tuple(first.event_shape)}"
+                )
+            if part.settings() != first.settings():
+                raise ValueError(f"parts[{i}] has settings {part.settings()} but parts[0] has {first.settings()}")
+        columns = list(zip(*(part.tensors() for part in parts)))
+        names = first.tensor_names or tuple(f"tensors()[{k}]" for k in range(len(columns)))
+        for name, column in zip(names, columns):
+            for i, t in enumerate(column[1:], 1):
+                if t.device != column[0].device or t.dtype != column[0].dtype:
+                    raise ValueError(
+                        f"parts[{i}].{name} is {t.dtype} on {t.device} but parts[0].{name} is "
+                        f"{column[0].dtype} on {column[0].device}; use one device and dtype"
+                    )
+        return first.with_tensors([torch.cat(column) for column in columns])
+
+    # ------------------------------------------------------------------ hooks with closed forms
     def pairwise_logsumexp(
         self, z: torch.Tensor, *, backend: str = "auto", chunk_size: int | None = None
     ) -> torch.Tensor:
@@ -56,19 +178,39 @@ class Factor(TorchDistribution):
         :param int chunk_size: support points per chunk (streamed/fused backends).
         :returns: a tensor of shape ``z.shape[:-len(event_shape)]``.
         """
+        use_dense(backend, 0)  # validates the name
         return torch.logsumexp(self.pairwise_log_prob(z), dim=-1)
 
-    @property
-    def num_support(self) -> int:
-        """Number of support points M (the leftmost batch dimension)."""
-        return self.batch_shape[0]
+    @classmethod
+    def combine(
+        cls, factors: Sequence[Factor], prior: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[TorchDistribution, Callable[[torch.Tensor], torch.Tensor]] | None:
+        r"""The normalised product of several factors of this family over one latent, in closed form.
+
+        Returns ``(q, residual)`` with :math:`q \propto \prod_j f_j` (or, with a diagonal Gaussian
+        ``prior = (loc, scale)`` when :attr:`combine_uses_prior`, :math:`q \propto p\prod_j f_j / p`)
+        and ``residual(z)`` :math:`= \log q(z) - \sum_j \log f_j(z)` exactly; ``None`` when the family
+        has no closed form (the guide then says so). The factors are each indexed at the observed
+        points already (matching batch shapes).
+        """
+        return None
+
+    def diagonal_gaussian(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        r"""``(loc, scale)`` when :math:`f(z \mid x_m) = \mathcal N(z; \mu_m, \operatorname{diag} s_m^2)`, else ``None``."""
+        return None
 
 
 _COUNTER = itertools.count()
 
 
-class Recognition(nn.Module):
-    """Base class: ``forward(x)`` runs ``net`` and turns its output into a :class:`Factor`.
+class Recognition(nn.Module, metaclass=ABCMeta):
+    """The contract of a recognition module: ``forward(x)`` runs ``net`` and turns its output into a :class:`Factor`.
+
+    A family implements :attr:`output_size` (the width the network must output) and :meth:`head`
+    (network output to factor). The base class checks inputs and outputs, registers the
+    parameters with Pyro's store (as :func:`pyro.module` does), shares one evaluation per input
+    within :func:`~pyro_rpm.recognition_cache`, and encodes support points without autograd for
+    memory banks (:meth:`encode_detached`).
 
     :param torch.nn.Module net: the user's network, mapping ``(M, ...)`` inputs to ``(M, H)``.
     :param str name: name under which the parameters enter Pyro's parameter store
@@ -101,11 +243,19 @@ class Recognition(nn.Module):
                     f"dtype {param.dtype}; convert one of them"
                 ) from error
 
-    def _output_size(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @property
+    @abstractmethod
+    def output_size(self) -> int:
+        """Width of the last dimension the network must output."""
 
-    def _factor(self, output: torch.Tensor) -> Factor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def head(self, output: torch.Tensor) -> Factor:
+        """The factors of a network output of shape ``(M, output_size)``."""
+
+    def encode_detached(self, x: torch.Tensor) -> Factor:
+        """``self(x)`` without registering parameters or recording autograd (e.g. for bank entries)."""
+        with torch.no_grad():
+            return self.head(self.net(x)).detach()
 
     def forward(self, x: torch.Tensor) -> Factor:
         cache = _CACHE.get()
@@ -122,7 +272,7 @@ class Recognition(nn.Module):
         with param_store_rollback():
             register_module(self.name, self)
             output = self._network_output(x)
-            factor = self._factor(output)
+            factor = self.head(output)
         if cache is not None:
             cache[key] = (x, factor)
         self._log_call(factor, x)
@@ -135,7 +285,7 @@ class Recognition(nn.Module):
         except RuntimeError as error:
             self._explain_mismatch(x, error)
             raise
-        expected = self._output_size()
+        expected = self.output_size
         if not isinstance(output, torch.Tensor) or output.dim() < 1 or output.shape[-1] != expected:
             got = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(
@@ -150,3 +300,14 @@ class Recognition(nn.Module):
         calls = _CALLS.get()
         if calls is not None:
             calls[id(factor)] = (self, x)
+
+
+def cat_factors(parts: Sequence[Factor]) -> Factor:
+    r"""Concatenate factors of one family along the support dimension (:meth:`Factor.cat`).
+
+    :raises TypeError: when ``parts[0]`` is not a :class:`Factor` (or for mixed types).
+    """
+    parts = list(parts)
+    if parts and not isinstance(parts[0], Factor):
+        raise TypeError(f"parts must be factors of one type; parts[0] is {type(parts[0]).__name__}")
+    return Factor.cat(parts)

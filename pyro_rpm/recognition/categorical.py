@@ -47,13 +47,30 @@ class CategoricalFactor(Factor, dist.Categorical):
             return torch.logsumexp(self.pairwise_log_prob(z), dim=-1)
         return torch.logsumexp(self.logits, dim=0)[z.long()]
 
-    def index(self, idx: torch.Tensor) -> CategoricalFactor:
-        """Factors of the support points ``idx``."""
-        return CategoricalFactor(self.logits[idx], validate_args=False)
+    tensor_names = ("logits",)
 
-    def detach(self) -> CategoricalFactor:
-        """The same factors with detached logits."""
-        return CategoricalFactor(self.logits.detach(), validate_args=False)
+    def tensors(self) -> tuple[torch.Tensor]:
+        """``(logits,)``, shape ``(M, K)``."""
+        return (self.logits,)
+
+    def with_tensors(self, tensors) -> CategoricalFactor:
+        (logits,) = tensors
+        return CategoricalFactor(logits, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return dist.Categorical.log_prob(self, value)
+
+    @classmethod
+    def combine(cls, factors, prior=None):
+        r"""The normalised product :math:`q(k) \propto \prod_j f_j(k)` (the prior is not needed).
+
+        The residual is :math:`-\log Z`, :math:`Z = \sum_k \prod_j f_j(k)`.
+        """
+        if not all(isinstance(f, CategoricalFactor) for f in factors):
+            return None
+        logits = sum(f.logits for f in factors)
+        log_z = torch.logsumexp(logits, -1)
+        return CategoricalFactor(logits - log_z.unsqueeze(-1)), lambda value: -log_z
 
 
 class CategoricalRecognition(Recognition):
@@ -69,8 +86,9 @@ class CategoricalRecognition(Recognition):
             raise ValueError(f"num_states must be an int >= 2, got {num_states!r}")
         self.num_states = num_states
 
-    def _output_size(self) -> int:
+    @property
+    def output_size(self) -> int:
         return self.num_states
 
-    def _factor(self, output: torch.Tensor) -> CategoricalFactor:
+    def head(self, output: torch.Tensor) -> CategoricalFactor:
         return CategoricalFactor(output.log_softmax(-1), validate_args=False)

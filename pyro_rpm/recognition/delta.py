@@ -88,8 +88,9 @@ class DeltaRecognition(Recognition):
         self.eps = float(eps)
         self.sample_noise = bool(sample_noise)
 
-    def _output_size(self) -> int:
+    @property
+    def output_size(self) -> int:
         return self.latent_dim
 
-    def _factor(self, output: torch.Tensor) -> DeltaFactor:
+    def head(self, output: torch.Tensor) -> DeltaFactor:
         return DeltaFactor(output, self.eps, sample_noise=self.sample_noise, validate_args=False)

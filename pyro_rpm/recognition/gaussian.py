@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Normal
 from torch.distributions.utils import broadcast_all
 
 from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
@@ -127,21 +127,70 @@ class GaussianFactor(Factor):
             scale = scale[0]
         return gaussian_logsumexp(z, self.loc, scale, backend=backend, chunk_size=chunk_size)
 
-    def _rebuild(self, loc: torch.Tensor, scale: torch.Tensor) -> GaussianFactor:
-        """A factor of this type and extra state (e.g. a DeltaFactor's ``eps``) with new parameters."""
+    tensor_names = ("loc", "scale")
+    combine_uses_prior = True
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``(M, D)``."""
+        return self.loc, self.scale
+
+    def settings(self) -> dict:
+        return {k: self.__dict__[k] for k in self._extra_state if k in self.__dict__}
+
+    def with_tensors(self, tensors) -> GaussianFactor:
+        """A factor of this type and settings (e.g. a DeltaFactor's ``eps``) with new ``(loc, scale)``."""
+        loc, scale = tensors
         new = type(self).__new__(type(self))
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k in self._extra_state})
+        new.__dict__.update(self.settings())
         GaussianFactor.__init__(new, loc, scale, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
-    def index(self, idx: torch.Tensor) -> GaussianFactor:
-        """Factors of the support points ``idx`` (indexing the leftmost batch dimension)."""
-        return self._rebuild(self.loc[idx], self.scale[idx])
+    def diagonal_gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, self.scale
 
-    def detach(self) -> GaussianFactor:
-        """The same factors with ``loc`` and ``scale`` detached from the autograd graph."""
-        return self._rebuild(self.loc.detach(), self.scale.detach())
+    @classmethod
+    def combine(cls, factors, prior=None):
+        r"""Product of diagonal Gaussians in natural parameters, optionally :math:`p \prod_j f_j / p`.
+
+        With :math:`J` factors and a diagonal Gaussian prior :math:`(\mu_0, s_0)`:
+        :math:`\eta_q = \sum_j \eta_j - (J-1)\eta_0`, :math:`\lambda_q = \sum_j \lambda_j - (J-1)\lambda_0`,
+        and the residual :math:`\log q - \sum_j \log f_j = -\log Z + (1-J)\log p(z)` with
+        :math:`\log Z = \sum_d [A(\eta_q, \lambda_q) - \sum_j A(\eta_j, \lambda_j) + (J-1) A(\eta_0, \lambda_0)]`.
+
+        :raises ValueError: when the combined precision is not positive.
+        """
+        gaussians = [f.diagonal_gaussian() for f in factors]
+        if any(g is None for g in gaussians):
+            return None
+        naturals = [(loc * scale.pow(-2), scale.pow(-2)) for loc, scale in gaussians]
+        J = len(factors)
+        eta1 = sum(n[0] for n in naturals)
+        precision = sum(n[1] for n in naturals)
+        log_parts = sum(gaussian_log_partition(*n) for n in naturals)
+        prior_dist = None
+        if prior is not None:
+            p_loc, p_scale = prior
+            p_prec = p_scale.pow(-2)
+            eta1 = eta1 - (J - 1) * p_loc * p_prec
+            precision = precision - (J - 1) * p_prec
+            log_parts = log_parts - (J - 1) * gaussian_log_partition(p_loc * p_prec, p_prec)
+            prior_dist = Normal(p_loc, p_scale)
+        if not bool((precision > 0).all()):
+            raise ValueError(
+                "the combined posterior precision sum_j lambda_j - (J-1) lambda_prior is not "
+                "positive; use GaussianRecognition(prior_scale=...) so factors are 'prior + network', or "
+                "RecognitionGuide(combine='product')"
+            )
+        log_z = (gaussian_log_partition(eta1, precision) - log_parts).sum(-1)
+
+        def residual(value: torch.Tensor) -> torch.Tensor:
+            r = -log_z
+            if prior_dist is not None:
+                r = r + (1 - J) * prior_dist.log_prob(value).sum(-1)
+            return r
+
+        return GaussianFactor.from_natural(eta1, precision), residual
 
     @classmethod
     def from_natural(cls, eta1: torch.Tensor, precision: torch.Tensor) -> GaussianFactor:
@@ -231,10 +280,11 @@ class GaussianRecognition(Recognition):
         elif prior_loc is not None:
             raise ValueError("prior_loc needs prior_scale (the natural-parameter form)")
 
-    def _output_size(self) -> int:
+    @property
+    def output_size(self) -> int:
         return self.latent_dim if self.shared_scale else 2 * self.latent_dim
 
-    def _factor(self, output: torch.Tensor) -> GaussianFactor:
+    def head(self, output: torch.Tensor) -> GaussianFactor:
         D = self.latent_dim
         if self.shared_scale:
             head, raw = output, self.raw_scale.to(output.dtype).expand_as(output)

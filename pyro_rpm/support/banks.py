@@ -8,9 +8,8 @@ import copy
 import torch
 
 from .._validation import check_tensor
-from ..recognition._cat import cat_factors
-from ..recognition.base import Factor, Recognition
-from .base import Support, _check_chunk_size, _check_data, _encode, _factor_tensors, _with_tensors
+from ..recognition.base import Factor, Recognition, cat_factors
+from .base import Support, _check_chunk_size, _check_data
 
 __all__ = ['MemoryBankSupport', 'IndexedBankSupport']
 
@@ -49,7 +48,7 @@ class _BankSupport(Support):
         if self.key_recognition is None:
             return current
         self._momentum_step()
-        return _encode(self.key_recognition, x)
+        return self.key_recognition.encode_detached(x)
 
     def _check_compatible(self, batch: Factor, bank: Factor, name: str) -> None:
         if type(batch) is not type(bank) or batch.event_shape != bank.event_shape:
@@ -58,7 +57,7 @@ class _BankSupport(Support):
                 f"{tuple(batch.event_shape)} but the memory bank holds {type(bank).__name__} with event shape "
                 f"{tuple(bank.event_shape)}"
             )
-        a, b = _factor_tensors(batch)[0], _factor_tensors(bank)[0]
+        a, b = batch.tensors()[0], bank.tensors()[0]
         if a.device != b.device or a.dtype != b.dtype:
             raise ValueError(
                 f"{name}: the recognition output is {a.dtype} on {a.device} but the memory bank is {b.dtype} on "
@@ -118,7 +117,7 @@ class MemoryBankSupport(_BankSupport):
             self._check_compatible(entries, self._bank, "x")
             entries = cat_factors([self._bank, entries])
         keep = min(self.size, entries.num_support)
-        self._bank = _with_tensors(entries, [t[-keep:].clone() for t in _factor_tensors(entries)])
+        self._bank = entries.with_tensors([t[-keep:].clone() for t in entries.tensors()])
         self._version += 1
         return current.num_support
 
@@ -167,9 +166,9 @@ class IndexedBankSupport(_BankSupport):
     def refresh(self) -> None:
         """Re-encode the whole data set into the bank (chunked, without autograd)."""
         r = self.key_recognition if self.key_recognition is not None else self.recognition
-        parts = [_encode(r, self.data[i : i + self.chunk_size]) for i in range(0, self.num_data, self.chunk_size)]
+        parts = [r.encode_detached(self.data[i : i + self.chunk_size]) for i in range(0, self.num_data, self.chunk_size)]
         bank = cat_factors(parts)
-        self._bank = _with_tensors(bank, [t.contiguous().clone() for t in _factor_tensors(bank)])
+        self._bank = bank.with_tensors([t.contiguous().clone() for t in bank.tensors()])
         self._version += 1
 
     def _check_index(self, idx: torch.Tensor) -> torch.Tensor:
@@ -200,9 +199,9 @@ class IndexedBankSupport(_BankSupport):
         def build() -> Factor:
             tensors = [
                 bank_t.index_put((idx,), batch_t.expand(idx.shape + bank_t.shape[1:]))
-                for bank_t, batch_t in zip(_factor_tensors(self._bank), _factor_tensors(batch))
+                for bank_t, batch_t in zip(self._bank.tensors(), batch.tensors())
             ]
-            return _with_tensors(batch, tensors)
+            return batch.with_tensors(tensors)
 
         return self._cached((id(batch), self._version), build, batch)
 
@@ -214,7 +213,7 @@ class IndexedBankSupport(_BankSupport):
         self._pending = None
         entries = self._entries(x, current)
         self._check_compatible(entries, self._bank, "idx")
-        for bank_t, new_t in zip(_factor_tensors(self._bank), _factor_tensors(entries)):
+        for bank_t, new_t in zip(self._bank.tensors(), entries.tensors()):
             bank_t.index_copy_(0, idx, new_t.expand(idx.shape + bank_t.shape[1:]))
         self._version += 1
         return idx.numel()

@@ -39,7 +39,6 @@ import torch
 from .._pyro import _CACHE
 from .._validation import check_tensor
 from ..recognition.base import Factor, Recognition
-from ..recognition.categorical import CategoricalFactor
 
 __all__ = ['Support', 'InBatchSupport']
 
@@ -61,22 +60,6 @@ def _check_chunk_size(chunk_size: object, allow_none: bool) -> None:
     ok = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
     if not ok and not (allow_none and chunk_size is None):
         raise ValueError(f"chunk_size must be a positive int{' or None' if allow_none else ''}, got {chunk_size!r}")
-
-
-def _factor_tensors(factor: Factor) -> list[torch.Tensor]:
-    return [factor.logits] if isinstance(factor, CategoricalFactor) else [factor.loc, factor.scale]
-
-
-def _with_tensors(template: Factor, tensors: list[torch.Tensor]) -> Factor:
-    if isinstance(template, CategoricalFactor):
-        return CategoricalFactor(tensors[0], validate_args=False)
-    return template._rebuild(*tensors)
-
-
-def _encode(recognition: Recognition, x: torch.Tensor) -> Factor:
-    """``recognition(x)`` without registering parameters or autograd (for bank entries)."""
-    with torch.no_grad():
-        return recognition._factor(recognition.net(x)).detach()
 
 
 class Support:

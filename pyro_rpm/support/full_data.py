@@ -74,11 +74,11 @@ class FullDataSupport(Support):
         except RuntimeError as error:
             r._explain_mismatch(self.data, error)
             raise
-        if output.dim() < 1 or output.shape[-1] != r._output_size():
+        if output.dim() < 1 or output.shape[-1] != r.output_size:
             raise ValueError(
                 f"the network of recognition '{r.name}' must output a last dimension of size "
-                f"{r._output_size()}, got shape {tuple(output.shape)}"
+                f"{r.output_size}, got shape {tuple(output.shape)}"
             )
         if r.validate:
             check_finite(output, f"network output of recognition '{r.name}'")
-        return r._factor(output)
+        return r.head(output)

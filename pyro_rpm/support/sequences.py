@@ -95,7 +95,7 @@ class SequenceSupport:
             )
         if pooling == "ergodic" and num_frames < 2:
             raise ValueError(f"the support set must have at least 2 frames, got {num_frames}")
-        self._device = factors.logits.device if hasattr(factors, "logits") else factors.loc.device
+        self._device = factors.device
         self._steps: dict[int, Factor] = {}
 
     @property
