@@ -14,9 +14,20 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 import pyro
+import torch
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
-__all__ = ['param_store_rollback', 'recognition_cache', 'register_module']
+__all__ = [
+    "LatentNames",
+    "latent_site_name",
+    "observed_latent",
+    "param_store_rollback",
+    "recognition_cache",
+    "record_recognition_calls",
+    "register_module",
+    "rpm_infer",
+]
 
 
 _CACHE: ContextVar[dict | None] = ContextVar("pyro_rpm_recognition_cache", default=None)
@@ -81,3 +92,56 @@ def param_store_rollback() -> Iterator[None]:
             for name in names[before:]:
                 del store[name]
         raise
+
+
+_LATENT_NAMES: ContextVar[LatentNames | None] = ContextVar("pyro_rpm_latent_names", default=None)
+
+
+class LatentNames(Messenger):
+    r"""Records the name of every latent sample site by its value, so that :func:`~pyro_rpm.observe`
+    can write *which* latent a likelihood site observes into the site's ``infer`` dict.
+
+    The model-to-ELBO contract: an ``observe`` site carries ``infer["rpm"] = {"latent": name,
+    "factors": factors}``; :class:`~pyro_rpm.RecognitionGuide`, :class:`~pyro_rpm.ConjugateGaussianGuide`
+    and :class:`~pyro_rpm.RPM_ELBO` read the latent's *name* from there. They run the model inside
+    this messenger (innermost, so it sees the value every other handler settled on, including
+    replayed and placeholder values). Outside it (e.g. a plain Pyro handler), ``"latent"`` is
+    ``None``: the site is an ordinary observed categorical.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: dict[int, tuple[str, object]] = {}
+        self._token = None
+
+    def __enter__(self):
+        self._token = _LATENT_NAMES.set(self)
+        return super().__enter__()
+
+    def __exit__(self, *args):
+        _LATENT_NAMES.reset(self._token)
+        return super().__exit__(*args)
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and isinstance(msg["value"], torch.Tensor):
+            # the value is kept alive with its name, so that its id is not reused within the run
+            self._names[id(msg["value"])] = (msg["name"], msg["value"])
+
+
+def latent_site_name(value: object) -> str | None:
+    """The name of the latent sample site whose value is ``value`` in the current model run, or ``None``."""
+    names = _LATENT_NAMES.get()
+    if names is None:
+        return None
+    entry = names._names.get(id(value))
+    return None if entry is None or entry[1] is not value else entry[0]
+
+
+def rpm_infer(latent: object, factors: object) -> dict:
+    """The ``infer`` dict of a likelihood site that observes ``latent`` through ``factors`` (:class:`LatentNames`)."""
+    return {"rpm": {"latent": latent_site_name(latent), "factors": factors}}
+
+
+def observed_latent(site: dict) -> str | None:
+    """The latent site name a likelihood site observes (its ``infer["rpm"]["latent"]``), or ``None``."""
+    return site.get("infer", {}).get("rpm", {}).get("latent")

@@ -73,6 +73,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 
+from .._pyro import LatentNames, observed_latent
 from ..likelihood.trajectory import TrajectoryLikelihood
 from ..priors.gaussian_sequence import ConjugateGaussianSequence
 from ._private_run import PrivateModelRun, sample_in_model_plates
@@ -131,7 +132,7 @@ class ConjugateGaussianGuide(nn.Module):
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
-        with PrivateModelRun() as discovery:
+        with PrivateModelRun() as discovery, LatentNames():
             self.model(*args, **kwargs)
         latents = [name for name, site in discovery.sites.items() if not site["is_observed"]]
         if self.sites is not None:
@@ -139,12 +140,11 @@ class ConjugateGaussianGuide(nn.Module):
             if missing:
                 raise ValueError(f"sites {missing} are not latent sample sites of the model (its latents: {latents})")
             latents = list(self.sites)
-        by_value = {id(discovery.sites[name]["value"]): name for name in latents}
         links: dict[str, list[str]] = OrderedDict((name, []) for name in latents)
         for name, site in discovery.sites.items():
             if isinstance(site["fn"], TrajectoryLikelihood):
-                latent = by_value.get(id(site["fn"].latent_source))
-                if latent is not None:
+                latent = observed_latent(site)
+                if latent in links:
                     links[latent].append(name)
         for name, lik_names in links.items():
             fn = discovery.sites[name]["fn"]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._pyro import param_store_rollback, record_recognition_calls
+from .._pyro import LatentNames, observed_latent, param_store_rollback, record_recognition_calls
 from ..likelihood.recognition import RecognitionLikelihood
 from ..recognition.gaussian import GaussianFactor
 from ._plan import locate, make_plan, planning_enabled
@@ -134,15 +134,14 @@ class RecognitionGuide(nn.Module):
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, args: tuple, kwargs: dict) -> tuple[PrivateModelRun, dict[str, list[str]]]:
-        with PrivateModelRun(track_dependence=True) as discovery:
+        with PrivateModelRun(track_dependence=True) as discovery, LatentNames():
             self.model(*args, **kwargs)
-        by_value = {id(site["value"]): name for name, site in discovery.sites.items() if not site["is_observed"]}
         links: dict[str, list[str]] = OrderedDict(
             (name, []) for name, site in discovery.sites.items() if not site["is_observed"] and not _enumerated(site)
         )
         for name, site in discovery.sites.items():
             if isinstance(site["fn"], RecognitionLikelihood):
-                latent = by_value.get(id(site["fn"].latent_source))
+                latent = observed_latent(site)
                 if latent is not None and latent not in links:
                     continue  # an enumerated latent: summed out by TraceEnum_ELBO, not guided
                 if latent is None:

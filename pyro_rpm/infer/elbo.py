@@ -19,6 +19,18 @@ Per datum, with tied posterior :math:`q` and likelihood sites j,
 3. **Estimator of** :math:`\mathbb E_q[\log\sum_m f_j]`: ``"mc"`` (the draw itself; any prior and
    factor) or ``"interior"`` (closed-form lower bound for Gaussian factors and posteriors).
 
+**The model-to-ELBO contract.** ``observe`` writes ``infer["rpm"] = {"latent": name, "factors": f}``
+into its site: the *name* of the latent site it observes (found while the model runs inside
+:class:`pyro_rpm._pyro.LatentNames`, which ``RPM_ELBO`` and the tied guides open) and the factors it
+carries. Tied posteriors list their likelihood sites by name (:attr:`TiedPosterior.likelihood_sites`).
+Priors take part in rewrite 2 through a protocol, not a class: a prior distribution whose
+``log_prob(z)`` is ``log_prob_excluding_marginal(z) + marginal_factors.pairwise_logsumexp(z)`` exposes
+the attribute ``marginal_factors`` and the method ``log_prob_excluding_marginal``
+(:class:`~pyro_rpm.priors.empirical.EmpiricalMarginalPrior` does). Pyro's :class:`~pyro.infer.Trace_ELBO`
+has no public hook for rewriting per-site terms, so ``RPM_ELBO`` overrides two of its private methods,
+``_get_trace`` (the traces, with the cache and the latent names) and ``_differentiable_loss_particle``
+(a clear error for a non-finite term); this is the one place that depends on Pyro's internals.
+
 Every term stays inside its Pyro site, so plate scaling, masks and ``poutine.scale`` apply as in
 Pyro. The normaliser of a likelihood site is a per-datum quantity (each observed point has its own
 :math:`\log\sum_m`), so subsampling the data plate scales it like any other per-datum term: with a
@@ -43,11 +55,10 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
-from .._pyro import param_store_rollback, recognition_cache
+from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
 from ..guides._plan import PlanMismatch, planning
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
-from ..priors.empirical import EmpiricalMarginalPrior
 from .estimators import ESTIMATORS, interior_bound
 
 __all__ = ["RPM_ELBO"]
@@ -129,7 +140,7 @@ class RPM_ELBO(Trace_ELBO):
     def _get_trace_once(self, model, guide, args, kwargs):
         with recognition_cache(), planning():
             guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
+            model_trace = poutine.trace(poutine.replay(LatentNames()(model), trace=guide_trace), graph_type="flat").get_trace(
                 *args, **kwargs
             )
         if is_validation_enabled():
@@ -158,23 +169,26 @@ class RPM_ELBO(Trace_ELBO):
                         tied_by_likelihood[lik] = name
 
         # Priors whose log F(z) cancels against a likelihood site of the same latent.
-        prior_cancels: set[str] = set()
-        for site in model_trace.nodes.values():
-            if site["type"] != "sample" or site["is_observed"] or not isinstance(site["fn"], EmpiricalMarginalPrior):
+        prior_cancels: set[str] = set()  # likelihood sites whose normaliser is cancelled
+        cancelled_priors: set[str] = set()  # latent sites whose prior drops the same normaliser
+        for latent, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            marginal = getattr(site["fn"], "marginal_factors", None)  # the cancellation protocol
+            if marginal is None:
                 continue
             for lik_name, lik in model_trace.nodes.items():
-                fn = lik.get("fn")
                 if (
-                    isinstance(fn, RecognitionLikelihood)
+                    isinstance(lik.get("fn"), RecognitionLikelihood)
                     and lik_name not in prior_cancels
-                    and fn.latent_source is site["value"]
-                    and fn.factors is site["fn"].marginal_factors
+                    and observed_latent(lik) == latent
+                    and lik["fn"].factors is marginal
                     and _same_scale(lik["scale"], site["scale"])
                     and lik["mask"] is None
                     and site["mask"] is None
                 ):
                     prior_cancels.add(lik_name)
-                    site["_rpm_prior_cancelled"] = True
+                    cancelled_priors.add(latent)
                     break
 
         for name, site in model_trace.nodes.items():
@@ -190,7 +204,7 @@ class RPM_ELBO(Trace_ELBO):
                 log_p = torch.as_tensor(log_p, dtype=fn.latent.dtype, device=fn.latent.device).expand(
                     torch.Size(torch.broadcast_shapes(fn.batch_shape, value.shape))
                 )
-            elif site.get("_rpm_prior_cancelled"):
+            elif name in cancelled_priors:
                 log_p = fn.log_prob_excluding_marginal(value)
             else:
                 log_p = fn.log_prob(value)
@@ -246,7 +260,7 @@ class RPM_ELBO(Trace_ELBO):
             lsite = model_trace.nodes[lik]
             if not _same_scale(lsite["scale"], site["scale"]) or lsite["mask"] is not None or site["mask"] is not None:
                 return False
-            if lsite["fn"].latent_source is not model_trace.nodes[name]["value"]:
+            if observed_latent(lsite) != name:
                 return False
         return True
 

@@ -36,6 +36,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.util import broadcast_shape
 from torch.distributions.utils import lazy_property
 
+from .._pyro import rpm_infer
 from .._validation import check_finite, check_same_device_and_dtype, check_tensor
 from ..recognition.base import Factor, use_dense
 
@@ -247,4 +248,4 @@ def observe(
                 f"index has length {index.shape[-1] if index.dim() else 0} but the observed batch has "
                 f"length {likelihood.batch_shape[-1] if len(likelihood.batch_shape) else 0}"
             )
-    return pyro.sample(name, likelihood, obs=index)
+    return pyro.sample(name, likelihood, obs=index, infer=rpm_infer(latent, factors))

@@ -43,6 +43,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions.utils import lazy_property
 
+from .._pyro import rpm_infer
 from .._validation import check_finite, check_same_device_and_dtype, check_tensor
 from ..recognition.base import Factor
 from ..support.sequences import POOLINGS, _check_frame_factors
@@ -262,4 +263,4 @@ def observe_trajectories(
         value = sequences.long().unsqueeze(-1).expand(sequences.shape[0], T)
     else:
         value = sequences.long().unsqueeze(-1) * T + steps
-    return pyro.sample(name, likelihood, obs=value)
+    return pyro.sample(name, likelihood, obs=value, infer=rpm_infer(latent, factors))
