@@ -110,8 +110,7 @@ class TrajectoryLikelihood(TorchDistribution):
             )
         if pooling == "ergodic" and num_frames < 2:
             raise ValueError(f"the support set must have at least 2 frames, got {num_frames}")
-        reference = factors.loc if hasattr(factors, "loc") else factors.logits
-        check_same_device_and_dtype(latent, "latent", reference, "factors")
+        check_same_device_and_dtype(latent, "latent", factors.tensors()[0], "factors")
         if latent.is_floating_point():
             check_finite(latent, "latent")
         self.factors = factors
