@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_rpm import ContrastivePrior, DeltaRecognition, MarginalPrior, RBFCoupling, RecognitionGuide, RPM_ELBO, observe
+from pyro_rpm import RPM_ELBO, ContrastivePrior, DeltaRecognition, MarginalPrior, RBFCoupling, RecognitionGuide, observe
 from pyro_rpm._pyro import LatentNames, observed_latent
 from pyro_rpm.recognition import GaussianRecognition
 
