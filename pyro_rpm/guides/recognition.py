@@ -36,8 +36,8 @@ from torch import nn
 from .._pyro import LatentNames, observed_latent, param_store_rollback, record_recognition_calls
 from ..likelihood.recognition import RecognitionLikelihood
 from ..recognition.gaussian import GaussianFactor
-from ._plan import locate, make_plan, planning_enabled
 from ._private_run import PrivateModelRun, sample_in_model_plates
+from .plan import locate, make_plan, planning_enabled
 from .tied import TiedPosterior, diagonal_normal
 
 __all__ = ['RecognitionGuide']
@@ -242,7 +242,7 @@ class RecognitionGuide(nn.Module):
 
     # ------------------------------------------------------------------ planned path
     def _planned_forward(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        """Build the posteriors from the plan (see :mod:`pyro_rpm.guides._plan`), without a model run."""
+        """Build the posteriors from the plan (see :mod:`pyro_rpm.guides.plan`), without a model run."""
         values: dict[str, torch.Tensor] = {}
         plates: dict[str, pyro.plate] = {}
         for plan in self._plan:

@@ -56,7 +56,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
-from ..guides._plan import PlanMismatch, planning
+from ..guides.plan import PlanMismatch, planning
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
 from .estimators import ESTIMATORS, interior_bound
