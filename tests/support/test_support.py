@@ -451,7 +451,7 @@ def test_docs_examples_run():
     import os
     import re
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "docs", "support.md")) as handle:
         blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
     assert len(blocks) == 5
@@ -469,7 +469,7 @@ def test_benchmark_script_smoke(tmp_path):
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [sys.executable, os.path.join(root, "benchmarks", "full_support.py"), "--sizes", "3000", "--steps", "1"]
     cmd += [
         "--batch",

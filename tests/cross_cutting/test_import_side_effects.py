@@ -33,7 +33,7 @@ import warnings
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SNAPSHOT_SCRIPT = textwrap.dedent(
     r"""

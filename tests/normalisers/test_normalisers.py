@@ -22,7 +22,7 @@ from pyro_rpm import GaussianFactor, RecognitionLikelihood
 from pyro_rpm.normalisers import fused_available, gaussian_logsumexp, resolve_backend, score_logsumexp
 from pyro_rpm.normalisers import streamed as streamed_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_FUSED = fused_available("cpu", torch.float64) and fused_available("cpu", torch.float32)
 needs_fused = pytest.mark.skipif(not HAS_FUSED, reason="no fused CPU attention kernel in this torch build")
 BACKENDS = ["dense", "streamed", pytest.param("fused", marks=needs_fused), pytest.param("screened", marks=needs_fused)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "moving_balls.py"
 
 

@@ -21,7 +21,7 @@ from _scripts import run_json, run_script
 
 from pyro_rpm.cli.scripts import emit, script_parser, setup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COUPLINGS = ["bilinear", "rbf", "anisotropic_rbf", "cosine", "laplace"]
 
 

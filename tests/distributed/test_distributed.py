@@ -533,7 +533,7 @@ def test_sharded_noise_loss_is_a_valid_draw():
 # ---------------------------------------------------------------------- the example under torchrun
 @pytest.mark.slow  # torchrun and 2 processes (~20 s)
 def test_example_runs_under_torchrun(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     if sys.platform.startswith("linux") and os.path.exists("/sys/class/net/lo"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["ROOT", "run_json", "run_script"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(script: str | os.PathLike, *args: str, timeout: float) -> subprocess.CompletedProcess:

@@ -98,7 +98,7 @@ def test_version_command_prints_the_package_version(capsys):
 
 def test_listed_scripts_exist_in_the_repository():
     """Every script the help lists is a file of this checkout (skipped for an installed package)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not os.path.isdir(os.path.join(root, "examples")):
         pytest.skip("not a clone of the repository")
     missing = [path for path, _ in cli.SCRIPTS if not os.path.isfile(os.path.join(root, path))]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from _scripts import run_json, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, *args: str, timeout: float = 400) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _scripts import run_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, *args: str, timeout: float = 170) -> dict:

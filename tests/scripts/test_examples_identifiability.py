@@ -24,7 +24,7 @@ from _scripts import run_json
 
 from pyro_rpm import RPM_ELBO, AnisotropicRBFCoupling, CosineCoupling, LaplaceCoupling
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(script: str, *args: str, timeout: float = 900) -> tuple[dict, subprocess.CompletedProcess]:

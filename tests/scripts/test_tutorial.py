@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _scripts import run_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "tutorial_markov_prior.py"
 
 

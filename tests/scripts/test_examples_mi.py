@@ -27,7 +27,7 @@ import torch
 from pyro_rpm import RPM_ELBO
 from pyro_rpm.datasets.gaussian_pairs import correlated_gaussian_pairs, gaussian_pairs_mi, rho_for_mi
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load():
