@@ -18,7 +18,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..guides.tied import TiedPosterior
 from ..recognition.base import Factor
-from ..train._data import epoch_permutation
+from ..train.data import epoch_permutation
 from .group import rank_and_world_size
 
 __all__ = ["ShardedNoise", "rank_subsample"]

@@ -48,11 +48,11 @@ from typing import Any
 import pyro
 import torch
 
-from ._data import FitData, epoch_permutation, epoch_seed
 from ._setup import check_arguments, positive_int, probe_params, register_params, resolve_device
 from ._state import rng_state, set_rng_state
 from ._stepper import make_stepper
 from .checkpoint import apply_checkpoint, check_fingerprint, read_checkpoint, save_checkpoint
+from .data import FitData, epoch_permutation, epoch_seed
 from .results import EarlyStopping, FitResult, StepInfo
 
 __all__ = ['fit']

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe
 from pyro_rpm.datasets.synthetic import two_view_gaussian
-from pyro_rpm.train._data import epoch_permutation
+from pyro_rpm.train.data import epoch_permutation
 from pyro_rpm.train.fit import fit
 from pyro_rpm.train.results import EarlyStopping, FitResult, StepInfo
 
