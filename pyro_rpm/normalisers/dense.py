@@ -19,7 +19,7 @@ for narrow factors (small scales, e.g. a :class:`~pyro_rpm.DeltaFactor` with
 float32 the expansion is therefore accumulated in float64 (a single-precision ``epsilon`` of
 :math:`6 \cdot 10^{-8}` times :math:`\lambda |z|^2 \sim 10^8` is several nats), together with the
 precisions and the normalising constant, and the table is rounded once to the input dtype: within
-one float32 rounding of the direct formula (``tests/test_numerics.py``).
+one float32 rounding of the direct formula (``tests/cross_cutting/test_numerics.py``).
 """
 
 from __future__ import annotations

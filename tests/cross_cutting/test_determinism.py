@@ -11,9 +11,9 @@
 * the large-support normalisers return bit-identical values and gradients on repeated calls.
 
 Resuming from a checkpoint reproduces the uninterrupted run bit for bit; that is tested where
-checkpoints live, not repeated here: ``tests/test_fit.py::test_resume_reproduces_the_uninterrupted_run_exactly``
+checkpoints live, not repeated here: ``tests/train/test_fit.py::test_resume_reproduces_the_uninterrupted_run_exactly``
 (seven optimiser/support/validation/data-loader cases) and
-``tests/test_checkpoint.py::test_svi_continues_exactly_after_loading`` /
+``tests/train/test_checkpoint.py::test_svi_continues_exactly_after_loading`` /
 ``::test_torch_optimizer_and_scheduler_continue_exactly`` (SVI and torch-optimiser loops).
 This file adds the resume case of a whole-data-set support run on the fused normaliser.
 """

@@ -19,7 +19,7 @@ package one by one, and records the state after each import. The state compared:
 Also: every ``filterwarnings`` entry of ``pyproject.toml`` besides ``error`` is a documented
 third-party filter (documented in ``docs/guarantees.md``), and the ArviZ filter matches the warning
 ArviZ emits. (The one runtime helper that touches global state, the normalisers' denormal
-flushing, restores it: ``tests/test_normalisers.py::test_denormal_mode_is_restored``.)
+flushing, restores it: ``tests/normalisers/test_normalisers.py::test_denormal_mode_is_restored``.)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ r"""Normaliser backends of the likelihood and the empirical priors against the d
 
 Reference: the broadcast ``(B, N, D)`` float64 difference form of :math:`\log f(z_b \mid x_m)`
 (independent of the expanded GEMM form every backend uses), its ``logsumexp`` and autograd
-gradients. Tolerances as in ``tests/test_normalisers.py``: values :math:`|a - b| \le 10^{-5}\max(|b|, 1)`,
+gradients. Tolerances as in ``tests/normalisers/test_normalisers.py``: values :math:`|a - b| \le 10^{-5}\max(|b|, 1)`,
 gradients :math:`|a - b| \le 10^{-5} (|b| + \max|b|)` elementwise.
 """
 

@@ -3,7 +3,7 @@ r"""The screened exact normaliser (:mod:`pyro_rpm.normalisers.screened`) against
 
 Each test checks that the screening path really ran (a strict subset of the support was computed,
 seen through a spy on the private forward) or that it fell back where it must, and compares
-values and gradients with the float64 difference form of ``tests/test_normalisers.py`` (values to
+values and gradients with the float64 difference form of ``tests/normalisers/test_normalisers.py`` (values to
 1e-12 relative; gradients to 1e-10 of ``|g| + max|g|``, elementwise). The certificate itself is
 checked against the dense float64 table: no dropped point has weight above
 :math:`e^{-T}`, :math:`T = 40 + \log N`, and the float32 bounds :math:`U_m` are upper bounds.
