@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
-from scipy import special
 from torch import nn
 from torch.distributions import Distribution
 
@@ -48,6 +47,8 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
 
 def _log_iv_numpy(nu: float, k: np.ndarray) -> np.ndarray:
     """:math:`\\log I_\\nu(k)` in float64; the leading term of the series where ``ive`` underflows."""
+    from scipy import special  # imported on first use: importing SciPy changes warning filters
+
     shape, k = k.shape, k.reshape(-1)
     with np.errstate(divide="ignore"):
         out = np.log(special.ive(nu, k)) + k
@@ -59,6 +60,8 @@ def _log_iv_numpy(nu: float, k: np.ndarray) -> np.ndarray:
 
 def _iv_ratio_numpy(nu: float, k: np.ndarray) -> np.ndarray:
     """:math:`I_{\\nu+1}(k) / I_\\nu(k)` in float64 (the exponential scalings cancel)."""
+    from scipy import special  # imported on first use: importing SciPy changes warning filters
+
     shape, k = k.shape, k.reshape(-1)
     num, den = special.ive(nu + 1, k), special.ive(nu, k)
     with np.errstate(divide="ignore", invalid="ignore"):
