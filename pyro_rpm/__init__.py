@@ -38,6 +38,8 @@ from .recognition import (
     GaussianFactor,
     GaussianRecognition,
     Recognition,
+    VonMisesFisherFactor,
+    VonMisesFisherRecognition,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
 from .train import Checkpoint, EarlyStopping, FitResult, StepInfo, fit, load_checkpoint, save_checkpoint
@@ -79,6 +81,8 @@ __all__ = [
     "Support",
     "TiedPosterior",
     "TrajectoryLikelihood",
+    "VonMisesFisherFactor",
+    "VonMisesFisherRecognition",
     "cluster_accuracy",
     "fit",
     "gaussian_logsumexp",

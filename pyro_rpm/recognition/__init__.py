@@ -9,6 +9,7 @@ from .base import Factor, Recognition, cat_factors, use_dense
 from .categorical import CategoricalFactor, CategoricalRecognition
 from .delta import DeltaFactor, DeltaRecognition
 from .gaussian import GaussianFactor, GaussianRecognition, gaussian_log_partition
+from .von_mises_fisher import VonMisesFisherFactor, VonMisesFisherRecognition
 
 __all__ = [
     "CategoricalFactor",
@@ -22,4 +23,6 @@ __all__ = [
     "cat_factors",
     "gaussian_log_partition",
     "use_dense",
+    "VonMisesFisherFactor",
+    "VonMisesFisherRecognition",
 ]
