@@ -45,8 +45,7 @@ from torch.distributions.utils import lazy_property
 
 from .._pyro import rpm_infer
 from .._validation import check_finite, check_same_device_and_dtype, check_tensor
-from ..recognition.base import Factor
-from ..support.sequences import POOLINGS, _check_frame_factors
+from ..recognition.base import POOLINGS, Factor, check_frame_factors
 
 __all__ = ["POOLINGS", "TrajectoryLikelihood", "observe_trajectories"]
 
@@ -86,7 +85,7 @@ class TrajectoryLikelihood(TorchDistribution):
     has_enumerate_support = False
 
     def __init__(self, factors: Factor, latent: torch.Tensor, pooling: str = "data", *, validate_args=None) -> None:
-        _check_frame_factors(factors)
+        check_frame_factors(factors)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         check_tensor(latent, "latent")

@@ -18,7 +18,7 @@ from .._pyro import _CACHE, _CALLS, param_store_rollback, register_module
 from .._validation import check_finite, check_tensor
 from ..normalisers import BACKENDS, DENSE_MAX_PAIRS
 
-__all__ = ["Factor", "Recognition", "cat_factors", "use_dense"]
+__all__ = ["POOLINGS", "Factor", "Recognition", "cat_factors", "check_frame_factors", "use_dense"]
 
 
 def use_dense(backend: str, num_pairs: int) -> bool:
@@ -311,3 +311,21 @@ def cat_factors(parts: Sequence[Factor]) -> Factor:
     if parts and not isinstance(parts[0], Factor):
         raise TypeError(f"parts must be factors of one type; parts[0] is {type(parts[0]).__name__}")
     return Factor.cat(parts)
+
+
+#: How the support of step t of a sequence is pooled: the N frames at t (``"data"``) or all N*T frames (``"ergodic"``).
+POOLINGS = ("data", "ergodic")
+
+
+def check_frame_factors(factors: object) -> Factor:
+    """Return ``factors`` if it is a :class:`~pyro_rpm.recognition.base.Factor` over the N*T frames of N sequences
+    (batch shape ``(N*T,)``), else raise :class:`TypeError`/:class:`ValueError` naming ``factors``."""
+    if not isinstance(factors, Factor):
+        raise TypeError(
+            f"factors must be a pyro_rpm Factor (recognition(x.flatten(0, 1))), got {type(factors).__name__}"
+        )
+    if len(factors.batch_shape) != 1:
+        raise ValueError(
+            f"factors must have batch_shape (N*T,) (frames in sequence-major order), got {tuple(factors.batch_shape)}"
+        )
+    return factors

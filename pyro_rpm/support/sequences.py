@@ -31,28 +31,11 @@ from __future__ import annotations
 import torch
 
 from ..likelihood.recognition import observe
-from ..recognition.base import Factor
+from ..recognition.base import POOLINGS, Factor, check_frame_factors
 
 __all__ = ["POOLINGS", "SequenceSupport", "observe_sequence"]
 
 #: The empirical-marginal choices of a time-series RPM.
-POOLINGS = ("data", "ergodic")
-
-
-def _check_frame_factors(factors: object) -> Factor:
-    """Return ``factors`` if it is a :class:`~pyro_rpm.recognition.base.Factor` over the N*T frames of N sequences
-    (batch shape ``(N*T,)``), else raise :class:`TypeError`/:class:`ValueError` naming ``factors``."""
-    if not isinstance(factors, Factor):
-        raise TypeError(
-            f"factors must be a pyro_rpm Factor (recognition(x.flatten(0, 1))), got {type(factors).__name__}"
-        )
-    if len(factors.batch_shape) != 1:
-        raise ValueError(
-            f"factors must have batch_shape (N*T,) (frames in sequence-major order), got {tuple(factors.batch_shape)}"
-        )
-    return factors
-
-
 class SequenceSupport:
     r"""The support sets of the frames of N sequences of T steps (see the module docstring).
 
@@ -74,7 +57,7 @@ class SequenceSupport:
     """
 
     def __init__(self, factors: Factor, num_steps: int, pooling: str = "data") -> None:
-        _check_frame_factors(factors)
+        check_frame_factors(factors)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
         if pooling not in POOLINGS:
