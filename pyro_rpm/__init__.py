@@ -13,7 +13,7 @@ from .diagnostics import cluster_accuracy, linear_r2, mcc, metrics, plots, to_in
 from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
 from .infer import RPM_ELBO
 from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
-from .normalisers import gaussian_logsumexp, score_logsumexp
+from .normalisers import Normaliser, gaussian_logsumexp, score_logsumexp
 from .priors import (
     AnisotropicRBFCoupling,
     BilinearCoupling,
@@ -72,6 +72,7 @@ __all__ = [
     "MarginalPrior",
     "MemoryBankSupport",
     "MixturePrior",
+    "Normaliser",
     "RBFCoupling",
     "RPM_ELBO",
     "Recognition",

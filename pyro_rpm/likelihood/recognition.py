@@ -38,6 +38,7 @@ from torch.distributions.utils import lazy_property
 
 from .._pyro import rpm_infer
 from .._validation import check_finite, check_same_device_and_dtype, check_tensor
+from ..normalisers import Normaliser
 from ..recognition.base import Factor, use_dense
 
 __all__ = ['RecognitionLikelihood', 'observe']
@@ -50,10 +51,12 @@ class RecognitionLikelihood(TorchDistribution):
         e.g. ``recognition(x_support)``.
     :param torch.Tensor latent: the latent :math:`z`, shape ``batch_shape + factors.event_shape``;
         any leading particle/plate dimensions broadcast.
-    :param str backend: how :attr:`log_normaliser` is computed: ``"auto"`` (default: the dense table
-        for at most ``2**16`` latent-support pairs, else an exact kernel: screened, fused or streamed),
-        ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"`` (see :mod:`pyro_rpm.normalisers`).
-    :param int chunk_size: support points per chunk for the streamed/fused backends.
+    :param backend: how :attr:`log_normaliser` is computed: ``"auto"`` (the dense table for at most
+        ``2**16`` latent-support pairs, else an exact kernel: screened, fused or streamed), ``"dense"``,
+        ``"streamed"``, ``"fused"`` or ``"screened"`` (see :mod:`pyro_rpm.normalisers`), or a whole
+        :class:`~pyro_rpm.normalisers.Normaliser`; default (``None``) the factors' own
+        :attr:`~pyro_rpm.Factor.normaliser`, which a :class:`~pyro_rpm.Support` sets.
+    :param int chunk_size: support points per chunk for the streamed/fused backends (``None``: the factors').
 
     ``log_prob(n) = log f(z | x_n) - logsumexp_m log f(z | x_m)``, exactly
     ``Categorical(logits=log f(z | x_.)).log_prob(n)``; ``sample()`` draws support indices (the
@@ -75,7 +78,7 @@ class RecognitionLikelihood(TorchDistribution):
         factors: Factor,
         latent: torch.Tensor,
         *,
-        backend: str = "auto",
+        backend: str | Normaliser | None = None,
         chunk_size: int | None = None,
         validate_args: bool | None = None,
     ) -> None:
@@ -100,13 +103,9 @@ class RecognitionLikelihood(TorchDistribution):
         check_same_device_and_dtype(latent, "latent", factors.tensors()[0], "factors")
         if latent.is_floating_point():
             check_finite(latent, "latent")
-        use_dense(backend, 0)  # validates the name
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        self.backend = backend
-        self.chunk_size = chunk_size
+        normaliser = factors.normaliser.replace(backend, chunk_size)  # validates both
+        self.backend = normaliser.backend
+        self.chunk_size = normaliser.chunk_size
         self.factors = factors
         self.latent = latent
         #: the tensor passed as ``latent`` (kept through ``expand``, to identify the latent site).
@@ -200,7 +199,7 @@ def observe(
     latent: torch.Tensor,
     index: torch.Tensor | None = None,
     *,
-    backend: str = "auto",
+    backend: str | Normaliser | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     r"""Observe data through a :class:`RecognitionLikelihood` site.
@@ -214,8 +213,10 @@ def observe(
     :param Factor factors: recognition factors over the support set.
     :param torch.Tensor latent: latents of the observed batch.
     :param torch.Tensor index: support index of each latent (default ``arange(M)``).
-    :param str backend: normaliser backend of the :class:`RecognitionLikelihood` (default ``"auto"``).
-    :param int chunk_size: support points per chunk for the streamed/fused backends.
+    :param backend: normaliser backend of the :class:`RecognitionLikelihood`: a name or a
+        :class:`~pyro_rpm.normalisers.Normaliser`; default the factors' own (:attr:`Factor.normaliser`, set by
+        the :class:`~pyro_rpm.Support` that built them; ``"auto"`` otherwise).
+    :param int chunk_size: support points per chunk for the streamed/fused backends (overrides the factors').
     :returns: the observed indices.
     """
     try:

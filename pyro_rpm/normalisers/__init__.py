@@ -58,6 +58,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
+from .choice import BACKENDS, Normaliser
 from .features import DotFeatures, FeatureMap, GaussianFeatures
 from .fused import fused_available, fused_kernel
 from .screened import screened_logsumexp
@@ -65,6 +66,7 @@ from .streamed import StreamedKernel, chunked_logsumexp
 
 __all__ = [
     "BACKENDS",
+    "Normaliser",
     "gaussian_logsumexp",
     "score_logsumexp",
     "fused_available",
@@ -73,7 +75,6 @@ __all__ = [
 ]
 
 #: backend names accepted by ``backend=``.
-BACKENDS = ("auto", "dense", "streamed", "fused", "screened")
 #: ``"auto"`` uses the dense table up to this many (latent, support point) pairs.
 DENSE_MAX_PAIRS = 2**16
 #: ``"auto"`` screens (:mod:`.screened`) from this many pairs on, where float64 accumulation is asked for.

@@ -27,7 +27,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions.utils import lazy_property
 
 from .._validation import check_same_device_and_dtype, check_tensor
-from ..recognition.base import Factor, use_dense
+from ..normalisers import Normaliser
+from ..recognition.base import Factor
 from .couplings import Coupling
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
@@ -39,7 +40,8 @@ class EmpiricalMarginalPrior(TorchDistribution):
     Subclasses implement :meth:`log_prob_excluding_marginal`, which is
     ``log_prob(z) - logsumexp_m log f(z | x_m)``.
 
-    :param str backend: normaliser backend, ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"``
+    :param backend: normaliser backend (a name or a :class:`~pyro_rpm.normalisers.Normaliser`; default the
+        factors' own :attr:`~pyro_rpm.Factor.normaliser`): ``"auto"``, ``"dense"``, ``"streamed"``, ``"fused"`` or ``"screened"``
         (:mod:`pyro_rpm.normalisers`).
     """
 
@@ -51,7 +53,7 @@ class EmpiricalMarginalPrior(TorchDistribution):
         factors: Factor,
         batch_shape: torch.Size,
         *,
-        backend: str = "auto",
+        backend: str | Normaliser | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if not isinstance(factors, Factor):
@@ -60,8 +62,9 @@ class EmpiricalMarginalPrior(TorchDistribution):
             raise ValueError(
                 f"factors must have batch_shape (M,) with M >= 2 support points, got {tuple(factors.batch_shape)}"
             )
-        use_dense(backend, 0)  # validates the name
-        self.backend = backend
+        #: the normaliser of log F (the factors' own unless ``backend`` overrides it)
+        self.normaliser = factors.normaliser.replace(backend)
+        self.backend = self.normaliser.backend
         self.marginal_factors = factors
         super().__init__(torch.Size(batch_shape), factors.event_shape, validate_args=validate_args)
 
@@ -75,7 +78,9 @@ class EmpiricalMarginalPrior(TorchDistribution):
 
     def log_marginal_normaliser(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`\log \sum_m f(z \mid x_m)` at ``value``."""
-        return self.marginal_factors.pairwise_logsumexp(value, backend=self.backend)
+        return self.marginal_factors.pairwise_logsumexp(
+            value, backend=self.backend, chunk_size=self.normaliser.chunk_size
+        )
 
     def log_prob_excluding_marginal(self, value: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -101,13 +106,15 @@ class MarginalPrior(EmpiricalMarginalPrior):
     :param str backend: backend of :meth:`log_marginal_normaliser` (:mod:`pyro_rpm.normalisers`).
     """
 
-    def __init__(self, factors: Factor, *, backend: str = "auto", validate_args: bool | None = None) -> None:
+    def __init__(
+        self, factors: Factor, *, backend: str | Normaliser | None = None, validate_args: bool | None = None
+    ) -> None:
         super().__init__(factors, torch.Size(), backend=backend, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(MarginalPrior, _instance)
         EmpiricalMarginalPrior.__init__(
-            new, self.marginal_factors, torch.Size(batch_shape), backend=self.backend, validate_args=False
+            new, self.marginal_factors, torch.Size(batch_shape), backend=self.normaliser, validate_args=False
         )
         new._validate_args = self._validate_args
         return new
@@ -156,7 +163,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         coupling: Coupling,
         anchor: torch.Tensor,
         *,
-        backend: str = "auto",
+        backend: str | Normaliser | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if not isinstance(coupling, Coupling):
@@ -179,7 +186,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         if "log_normaliser" in self.__dict__:
             new.log_normaliser = self.log_normaliser.expand(batch_shape)
         EmpiricalMarginalPrior.__init__(
-            new, self.marginal_factors, batch_shape, backend=self.backend, validate_args=False
+            new, self.marginal_factors, batch_shape, backend=self.normaliser, validate_args=False
         )
         new._validate_args = self._validate_args
         return new
@@ -199,7 +206,9 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         if "component_logits" in self.__dict__:
             lse = torch.logsumexp(self.component_logits, dim=-1)
         else:
-            lse = self.coupling.expected_logsumexp(self.anchor, self.marginal_factors, backend=self.backend)
+            lse = self.coupling.expected_logsumexp(
+                self.anchor, self.marginal_factors, backend=self.backend, chunk_size=self.normaliser.chunk_size
+            )
         return lse - math.log(self.num_support)
 
     def log_prob_excluding_marginal(self, value: torch.Tensor) -> torch.Tensor:

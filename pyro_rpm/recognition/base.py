@@ -16,7 +16,7 @@ from torch import nn
 
 from .._pyro import _CACHE, _CALLS, param_store_rollback, register_module
 from .._validation import check_finite, check_tensor
-from ..normalisers import BACKENDS, DENSE_MAX_PAIRS
+from ..normalisers import BACKENDS, DENSE_MAX_PAIRS, Normaliser
 
 __all__ = ["POOLINGS", "Factor", "Recognition", "cat_factors", "check_frame_factors", "use_dense"]
 
@@ -61,7 +61,12 @@ class Factor(TorchDistribution):
     * :meth:`settings`: the non-tensor state that factors must share to be concatenated.
 
     :attr:`tensor_names` names the tensors (error messages); :attr:`is_point_mass` says whether
-    :meth:`rsample` returns a location exactly (a deterministic encoder).
+    :meth:`rsample` returns a location exactly (a deterministic encoder); :attr:`normaliser` is the
+    support set's choice of normaliser backend (:class:`~pyro_rpm.normalisers.Normaliser`).
+
+    A family that a tied guide samples from also needs what any Pyro distribution used in a guide
+    needs: ``rsample`` (or ``sample``), ``support``, ``arg_constraints``, ``mean`` and ``expand``.
+    ``tests/recognition/test_contract.py`` checks a family against this contract with one table entry.
     """
 
     #: True when :meth:`rsample` returns the factor's location exactly (a deterministic encoder).
@@ -70,6 +75,9 @@ class Factor(TorchDistribution):
     tensor_names: tuple[str, ...] = ()
     #: Whether :meth:`combine` of several factors uses the latent's prior (a guide must then read it).
     combine_uses_prior: bool = False
+    #: How likelihood sites and priors compute this support set's normaliser unless told otherwise
+    #: (a :class:`~pyro_rpm.Support` attaches its own, :meth:`with_normaliser`).
+    normaliser: Normaliser = Normaliser()
 
     # ------------------------------------------------------------------ abstract
     @abstractmethod
@@ -108,6 +116,15 @@ class Factor(TorchDistribution):
     def dtype(self) -> torch.dtype:
         """Floating-point dtype of the parameter tensors."""
         return self.tensors()[0].dtype
+
+    def with_normaliser(self, normaliser: Normaliser | str | None) -> Factor:
+        """The same factors (sharing their tensors and autograd graph) with another :attr:`normaliser`."""
+        normaliser = Normaliser.coerce(normaliser)
+        if normaliser == self.normaliser:
+            return self
+        new = self.with_tensors(self.tensors())
+        new.normaliser = normaliser
+        return new
 
     def index(self, idx: torch.Tensor) -> Factor:
         """Factors of the support points ``idx`` (indexing the leftmost batch dimension)."""

@@ -7,7 +7,7 @@ time-series supports (:class:`SequenceSupport`). Bias and cost of each choice: `
 """
 
 from .banks import IndexedBankSupport, MemoryBankSupport
-from .base import InBatchSupport, Support
+from .base import InBatchSupport, Support, support_calling
 from .full_data import FullDataSupport
 from .sequences import POOLINGS, SequenceSupport, observe_sequence
 
@@ -20,4 +20,5 @@ __all__ = [
     "SequenceSupport",
     "Support",
     "observe_sequence",
+    "support_calling",
 ]

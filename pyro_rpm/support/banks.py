@@ -8,6 +8,7 @@ import copy
 import torch
 
 from .._validation import check_tensor
+from ..normalisers import Normaliser
 from ..recognition.base import Factor, Recognition, cat_factors
 from .base import Support, _check_chunk_size, _check_data
 
@@ -17,8 +18,8 @@ __all__ = ['MemoryBankSupport', 'IndexedBankSupport']
 class _BankSupport(Support):
     """Shared parts of the memory banks: the optional momentum (key) encoder and pending entries."""
 
-    def __init__(self, recognition: Recognition, momentum: float | None) -> None:
-        super().__init__(recognition)
+    def __init__(self, recognition: Recognition, momentum: float | None, normaliser: Normaliser | str | None = None) -> None:
+        super().__init__(recognition, normaliser=normaliser)
         if momentum is not None:
             if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
                 raise ValueError(f"momentum must be None or a float in [0, 1), got {momentum!r}")
@@ -76,15 +77,18 @@ class MemoryBankSupport(_BankSupport):
 
     :param Recognition recognition: the recognition module.
     :param int size: queue length K >= 1.
+    :param normaliser: the normaliser of the sites observed through it (a Normaliser or a backend name).
     :param float momentum: ``None`` (queue the minibatch's own factors) or m in [0, 1): queue the
         factors of a momentum encoder updated by :math:`\theta_k \leftarrow m\theta_k + (1-m)\theta`
         in :meth:`update`.
     """
 
-    def __init__(self, recognition: Recognition, size: int, *, momentum: float | None = None) -> None:
+    def __init__(
+        self, recognition: Recognition, size: int, *, momentum: float | None = None, normaliser: Normaliser | str | None = None
+    ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
-        super().__init__(recognition, momentum)
+        super().__init__(recognition, momentum, normaliser)
         self.size = size
         self._bank: Factor | None = None
         self._version = 0
@@ -101,10 +105,10 @@ class MemoryBankSupport(_BankSupport):
         batch = self.recognition(x)
         self._pending = (x, batch.detach())
         if self._bank is None:
-            return batch
+            return self.attach(batch)
         self._check_compatible(batch, self._bank, "x")
         key = (id(batch), self._version)
-        return self._cached(key, lambda: cat_factors([batch, self._bank]), batch)
+        return self.cached(key, lambda: self.attach(cat_factors([batch, self._bank])), batch)
 
     def update(self) -> int:
         """Queue the entries of the last minibatch; returns how many were added (0 if none pending)."""
@@ -140,12 +144,21 @@ class IndexedBankSupport(_BankSupport):
     :param torch.Tensor data: the whole data set, shape ``(N, ...)``.
     :param float momentum: ``None`` or m in [0, 1) for a momentum encoder (as in :class:`MemoryBankSupport`).
     :param int chunk_size: points per network call when (re)filling the bank.
+    :param normaliser: the normaliser of the sites observed through it (a Normaliser or a backend name).
     """
 
+    calling = "full"
+
     def __init__(
-        self, recognition: Recognition, data: torch.Tensor, *, momentum: float | None = None, chunk_size: int = 4096
+        self,
+        recognition: Recognition,
+        data: torch.Tensor,
+        *,
+        momentum: float | None = None,
+        chunk_size: int = 4096,
+        normaliser: Normaliser | str | None = None,
     ) -> None:
-        super().__init__(recognition, momentum)
+        super().__init__(recognition, momentum, normaliser)
         _check_data(data)
         _check_chunk_size(chunk_size, allow_none=False)
         self.data = data
@@ -201,9 +214,9 @@ class IndexedBankSupport(_BankSupport):
                 bank_t.index_put((idx,), batch_t.expand(idx.shape + bank_t.shape[1:]))
                 for bank_t, batch_t in zip(self._bank.tensors(), batch.tensors())
             ]
-            return batch.with_tensors(tensors)
+            return self.attach(batch.with_tensors(tensors))
 
-        return self._cached((id(batch), self._version), build, batch)
+        return self.cached((id(batch), self._version), build, batch)
 
     def update(self) -> int:
         """Write the last minibatch's entries into their rows; returns how many (0 if none pending)."""

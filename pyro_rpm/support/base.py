@@ -34,13 +34,18 @@ N x H); banks O(K x D) or O(N x D).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from .._pyro import _CACHE
 from .._validation import check_tensor
+from ..normalisers import Normaliser
 from ..recognition.base import Factor, Recognition
 
-__all__ = ['Support', 'InBatchSupport']
+__all__ = ["InBatchSupport", "Support", "support_calling"]
 
 
 def _check_recognition(recognition: object) -> Recognition:
@@ -62,13 +67,40 @@ def _check_chunk_size(chunk_size: object, allow_none: bool) -> None:
         raise ValueError(f"chunk_size must be a positive int{' or None' if allow_none else ''}, got {chunk_size!r}")
 
 
-class Support:
-    """Base class: a rule that turns data into the factors of a support set (module docstring)."""
+class Support(ABC):
+    """The contract of a support set: a rule that turns data into the factors of M support points.
 
-    def __init__(self, recognition: Recognition) -> None:
+    A support carries everything that defines the normaliser of the likelihood sites observed
+    through it: the support points (the factors its :meth:`__call__` returns, with
+    ``batch_shape == (M,)``), the backend and chunk size of the normaliser (:attr:`normaliser`,
+    attached to the factors it returns, so that :func:`~pyro_rpm.observe` and the empirical priors
+    use it), and the calling convention (:attr:`calling`, which :func:`~pyro_rpm.fit` follows).
+
+    A new support implements :meth:`__call__` in one class and sets :attr:`calling`; build the
+    factors inside :meth:`cached` so that the guide's trace and the model's share one evaluation.
+
+    :param Recognition recognition: the recognition module.
+    :param normaliser: a :class:`~pyro_rpm.normalisers.Normaliser` or a backend name (default ``"auto"``).
+    """
+
+    #: ``"batch"``: the model is called on the minibatch and observes its own positions
+    #: (``observe(name, f, z)``); ``"full"``: the model is called on the whole data set with the
+    #: minibatch's indices and observes them (``observe(name, f, z, index=idx)``).
+    calling: str = "batch"
+
+    def __init__(self, recognition: Recognition, *, normaliser: Normaliser | str | None = None) -> None:
         self.recognition = _check_recognition(recognition)
+        self.normaliser = Normaliser.coerce(normaliser)
 
-    def _cached(self, key: tuple, build, keepalive: object = None):
+    @abstractmethod
+    def __call__(self, *args: Any) -> Factor:
+        """The factors of the support set (with :attr:`normaliser` attached, :meth:`attach`)."""
+
+    def attach(self, factors: Factor) -> Factor:
+        """``factors`` with this support's :attr:`normaliser` (the same object when it already has it)."""
+        return factors.with_normaliser(self.normaliser)
+
+    def cached(self, key: tuple, build: Callable[[], Factor], keepalive: object = None) -> Factor:
         """``build()``, evaluated once per :func:`~pyro_rpm.recognition_cache` scope (one ELBO particle).
 
         ``keepalive`` is held with the entry so that ids in ``key`` stay unique within the scope.
@@ -83,6 +115,20 @@ class Support:
         return factor
 
 
+def support_calling(support: Support | type | str) -> str:
+    """The calling convention (``"batch"`` or ``"full"``) of a support given as an instance, a class or a name.
+
+    :raises ValueError: for another string; :raises TypeError: for anything else.
+    """
+    if isinstance(support, str):
+        if support not in ("batch", "full"):
+            raise ValueError(f"support must be 'batch', 'full', a Support or a Support class, got {support!r}")
+        return support
+    if isinstance(support, Support) or (isinstance(support, type) and issubclass(support, Support)):
+        return support.calling
+    raise TypeError(f"support must be 'batch', 'full', a Support or a Support class, got {type(support).__name__}")
+
+
 class InBatchSupport(Support):
     r"""The minibatch as the support set: ``f = s(x_batch)``, then ``observe(name, f, z)``.
 
@@ -92,4 +138,4 @@ class InBatchSupport(Support):
     """
 
     def __call__(self, x: torch.Tensor) -> Factor:
-        return self.recognition(x)
+        return self.attach(self.recognition(x))

@@ -8,6 +8,7 @@ from torch import nn
 
 from .._pyro import register_module
 from .._validation import check_finite
+from ..normalisers import Normaliser
 from ..recognition.base import Factor, Recognition
 from ._grad_cache import chunked_encode
 from .base import Support, _check_chunk_size, _check_data
@@ -30,9 +31,13 @@ class FullDataSupport(Support):
     :param torch.Tensor data: the whole data set, shape ``(N, ...)``.
     :param int chunk_size: points per network call; ``None`` calls ``recognition(data)`` once with
         autograd (activation memory O(N)).
+    :param normaliser: the normaliser of the sites observed through it (:class:`~pyro_rpm.normalisers.Normaliser`
+        or a backend name; default ``"auto"``).
     :param bool preserve_rng_state: replay the random state of each chunk when recomputing it
         (dropout); ``False`` saves a generator-state copy per chunk for deterministic networks.
     """
+
+    calling = "full"
 
     def __init__(
         self,
@@ -41,8 +46,9 @@ class FullDataSupport(Support):
         *,
         chunk_size: int | None = 4096,
         preserve_rng_state: bool = True,
+        normaliser: Normaliser | str | None = None,
     ) -> None:
-        super().__init__(recognition)
+        super().__init__(recognition, normaliser=normaliser)
         _check_data(data)
         _check_chunk_size(chunk_size, allow_none=True)
         if chunk_size is not None and not isinstance(recognition.net, nn.Module):
@@ -59,7 +65,7 @@ class FullDataSupport(Support):
         return self.data.shape[0]
 
     def __call__(self) -> Factor:
-        return self._cached((self.data._version,), self._build)
+        return self.cached((self.data._version,), lambda: self.attach(self._build()))
 
     def _build(self) -> Factor:
         r = self.recognition
