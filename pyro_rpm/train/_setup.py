@@ -9,9 +9,8 @@ checkpoint has been checked against them, :func:`register_params` adds them to t
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pyro
@@ -21,7 +20,7 @@ from torch import nn
 
 from ._state import rng_state, set_rng_state
 
-__all__ = ["accepts_subsample", "check_arguments", "positive_int", "probe_params", "register_params", "resolve_device"]
+__all__ = ["check_arguments", "check_callables", "positive_int", "probe_params", "register_params", "resolve_device"]
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -42,14 +41,6 @@ def resolve_device(device: Any) -> torch.device | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
     return device
-
-
-def accepts_subsample(model: Callable) -> bool:
-    try:
-        params = inspect.signature(model).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == "subsample" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def probe_params(model, guide, elbo, args: tuple, kwargs: dict) -> tuple[dict, dict]:
@@ -84,13 +75,23 @@ def register_params(tensors: dict, constraints: dict) -> dict[str, torch.Tensor]
     return {n: current[n] for n in sorted(tensors)}
 
 
+def check_callables(*, model, guide, elbo, validation_elbo) -> tuple[Any, Any]:
+    """Check :func:`pyro_rpm.fit`'s model, guide and losses; return ``(elbo, validation_elbo)`` with defaults."""
+    from ..infer.elbo import RPM_ELBO
+
+    for value, name in ((model, "model"), (guide, "guide")):
+        if not callable(value):
+            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    elbo = RPM_ELBO() if elbo is None else elbo
+    validation_elbo = elbo if validation_elbo is None else validation_elbo
+    for value, name in ((elbo, "elbo"), (validation_elbo, "validation_elbo")):
+        if not isinstance(value, pyro.infer.ELBO):
+            raise TypeError(f"{name} must be a pyro.infer.ELBO (e.g. pyro_rpm.RPM_ELBO()), got {type(value).__name__}")
+    return elbo, validation_elbo
+
+
 def check_arguments(
     *,
-    model,
-    guide,
-    elbo,
-    validation_elbo,
-    support,
     steps,
     epochs,
     seed,
@@ -102,23 +103,10 @@ def check_arguments(
     checkpoint,
     checkpoint_every,
     resume,
-) -> tuple[Any, Any, Any, list]:
-    """Check :func:`pyro_rpm.fit`'s scalar arguments; return ``(elbo, validation_elbo, early_stopping, callbacks)``."""
-    from ..infer.elbo import RPM_ELBO
+) -> tuple[Any, list]:
+    """Check :func:`pyro_rpm.fit`'s scalar arguments; return ``(early_stopping, callbacks)``."""
     from .results import EarlyStopping
 
-    for value, name in ((model, "model"), (guide, "guide")):
-        if not callable(value):
-            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    elbo = RPM_ELBO() if elbo is None else elbo
-    validation_elbo = elbo if validation_elbo is None else validation_elbo
-    for value, name in ((elbo, "elbo"), (validation_elbo, "validation_elbo")):
-        if not isinstance(value, pyro.infer.ELBO):
-            raise TypeError(f"{name} must be a pyro.infer.ELBO (e.g. pyro_rpm.RPM_ELBO()), got {type(value).__name__}")
-    if support not in ("batch", "full"):
-        raise ValueError(f"support must be 'batch' or 'full', got {support!r}")
-    if support == "full" and not accepts_subsample(model):
-        raise ValueError("support='full' calls model(*data, subsample=idx): the model needs a 'subsample' keyword")
     if (steps is None) == (epochs is None):
         raise ValueError("pass exactly one of steps= and epochs=")
     if steps is not None:
@@ -153,4 +141,4 @@ def check_arguments(
         raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     if resume and checkpoint is None:
         raise ValueError("resume needs checkpoint= (the file to resume from)")
-    return elbo, validation_elbo, early_stopping, callbacks
+    return early_stopping, callbacks
