@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..support.base import support_calling
 from .data import FitData
 
 __all__ = ["InBatchCalls", "WholeDataCalls", "accepts_subsample", "model_calls"]
@@ -37,9 +38,10 @@ def accepts_subsample(model: Callable) -> bool:
 
 
 def model_calls(support: Any, model: Callable) -> InBatchCalls | WholeDataCalls:
-    """The calling convention that fit's ``support=`` names; raises on a bad ``support`` (or model)."""
-    if support not in ("batch", "full"):
-        raise ValueError(f"support must be 'batch' or 'full', got {support!r}")
+    """The calling convention that fit's ``support=`` names: ``"batch"``, ``"full"``, or a
+    :class:`~pyro_rpm.Support` (instance or class) by its :attr:`~pyro_rpm.Support.calling`; raises on a
+    bad ``support`` (or model)."""
+    support = support_calling(support)
     if support == "full":
         if not accepts_subsample(model):
             raise ValueError("support='full' calls model(*data, subsample=idx): the model needs a 'subsample' keyword")

@@ -48,6 +48,7 @@ from typing import Any
 import pyro
 import torch
 
+from ..support.base import Support
 from ._loop import Run
 from ._settings import prepare_data, resolve
 from ._stepper import make_stepper
@@ -64,7 +65,7 @@ def fit(
     steps: int | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
-    support: str = "batch",
+    support: str | Support | type[Support] = "batch",
     elbo: pyro.infer.ELBO | None = None,
     optim: Any = None,
     lr: float | None = None,
@@ -95,7 +96,10 @@ def fit(
     :param int steps: total optimisation steps (counting those before a resume); or
     :param int epochs: total epochs (``steps = epochs * batches per epoch``).
     :param int batch_size: minibatch size B (default N: full batch).
-    :param str support: ``"batch"`` (in-batch support) or ``"full"`` (whole data set; see above).
+    :param support: ``"batch"`` (in-batch support) or ``"full"`` (whole data set; see above), or the
+        :class:`~pyro_rpm.Support` the model observes through (an instance or a class): fit follows its
+        :attr:`~pyro_rpm.Support.calling` convention (``FullDataSupport`` and ``IndexedBankSupport``
+        are ``"full"``, the others ``"batch"``).
     :param elbo: the loss (default :class:`~pyro_rpm.RPM_ELBO`).
     :param optim: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"`` or a
         :class:`pyro.optim.PyroOptim` (SVI), or a :class:`torch.optim.Optimizer` class, factory

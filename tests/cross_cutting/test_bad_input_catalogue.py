@@ -773,7 +773,7 @@ CATALOGUE = [
     case(empty_data_loader, TypeError, r"data must be a Dataset or tensors, not a DataLoader", "data-loader"),
     case(empty_validation_data, ValueError, r"validation is empty", "empty-validation"),
     case(unknown_optimiser, ValueError, r"optim must be one of .* got 'bogus'", "optim-name"),
-    case(unknown_support, ValueError, r"support must be 'batch' or 'full', got 'bogus'", "support-name"),
+    case(unknown_support, ValueError, r"support must be 'batch', 'full', a Support or a Support class, got 'bogus'", "support-name"),
     case(zero_steps, ValueError, r"steps must be >= 1, got 0", "zero-steps"),
     # checkpoints
     case(checkpoint_from_another_model, ValueError, r"is from another model: .*shape mismatch", "ckpt-other-model"),

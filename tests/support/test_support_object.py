@@ -148,3 +148,40 @@ def test_bad_normaliser_arguments_name_the_argument():
         FullDataSupport(r, torch.randn(4, 3, dtype=torch.float64), normaliser="fastest")
     with pytest.raises(TypeError, match="normaliser must be"):
         InBatchSupport(r, normaliser=1.5)
+
+
+def test_fit_follows_the_calling_convention_of_a_support_object():
+    """fit(support=s) for a FullDataSupport s trains exactly as support="full" (same calls, same losses)."""
+    from pyro_rpm import RecognitionGuide, fit
+    from pyro_rpm.datasets import two_view_gaussian
+
+    x1, x2, _ = two_view_gaussian(48, latent_dim=2, obs_dim=5, seed=3)
+    x1, x2 = x1.double(), x2.double()
+
+    def build(tag):
+        r1 = GaussianRecognition(nn.Linear(5, 4).double(), 2, prior_scale=1.0, name=f"so_fit1_{tag}")
+        r2 = GaussianRecognition(nn.Linear(5, 4).double(), 2, prior_scale=1.0, name=f"so_fit2_{tag}")
+        s1 = FullDataSupport(r1, x1, chunk_size=None, normaliser="streamed")
+        s2 = FullDataSupport(r2, x2, chunk_size=None)
+
+        def model(a, b, subsample=None):
+            f1, f2 = s1(), s2()
+            with pyro.plate("data", a.shape[0], subsample=subsample) as idx:
+                z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+                observe("x1", f1, z, index=idx)
+                observe("x2", f2, z, index=idx)
+
+        return model, s1
+
+    losses = {}
+    for tag, support in (("name", "full"), ("object", None), ("class", FullDataSupport)):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, s1 = build(tag)
+        result = fit(
+            model, RecognitionGuide(model), (x1, x2), steps=6, batch_size=16, support=support or s1,
+            seed=0, progress=False, lr=1e-2,
+        )
+        losses[tag] = result.losses
+    assert losses["object"] == losses["name"] == losses["class"]
+    assert all(torch.isfinite(torch.tensor(losses["name"])))
