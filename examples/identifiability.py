@@ -151,6 +151,30 @@ def vmf_rpm(net: torch.nn.Module, dim: int, concentration: float):
     return model, RecognitionGuide(model)
 
 
+def train_and_score(model, guide, net, sampler, args, cfg: dict[str, Any], device, steps: int, desc: str):
+    """Train ``model``/``guide`` for ``steps`` steps, then score the encoder ``net`` on fresh batches.
+
+    :returns: ``(losses, training seconds, scores)`` with the scores of :func:`evaluate`.
+    """
+    start = time.perf_counter()
+    losses = train(
+        model,
+        guide,
+        FusedAdam({"lr": cfg["lr"]}),
+        sampler,
+        steps=steps,
+        batch_size=cfg["batch_size"],
+        seed=args.seed,
+        device=device,
+        desc=desc,
+        disable_progress=args.no_progress,
+    )
+    train_seconds = time.perf_counter() - start
+    net.eval()
+    eval_kw = {"batches": cfg["eval_batches"], "batch_size": cfg["eval_size"], "seed": args.seed + 10_000}
+    return losses, train_seconds, evaluate(net, sampler, device=device, **eval_kw)
+
+
 def run_vmf(args, cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     r"""The sphere setting with von Mises-Fisher factors instead of the InfoNCE-as-RPM model (same data,
     encoder and budget). The views' factors have :math:`\kappa_f = 2\kappa`: marginalising the shared
@@ -163,23 +187,7 @@ def run_vmf(args, cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     net = encoder_mlp(DIM, cfg["hidden"], sphere=True).to(device)
     model, guide = vmf_rpm(net, DIM, 2 * args.kappa)
     steps = cfg["steps_sphere"] if args.steps is None else args.steps
-    start = time.perf_counter()
-    losses = train(
-        model,
-        guide,
-        FusedAdam({"lr": cfg["lr"]}),
-        sampler,
-        steps=steps,
-        batch_size=cfg["batch_size"],
-        seed=args.seed,
-        device=device,
-        desc="sphere vMF RPM",
-        disable_progress=args.no_progress,
-    )
-    train_seconds = time.perf_counter() - start
-    net.eval()
-    eval_kw = {"batches": cfg["eval_batches"], "batch_size": cfg["eval_size"], "seed": args.seed + 10_000}
-    scores = evaluate(net, sampler, device=device, **eval_kw)
+    losses, train_seconds, scores = train_and_score(model, guide, net, sampler, args, cfg, device, steps, "sphere vMF RPM")
     return {
         "r2_vmf": scores["r2"],
         "mcc_vmf": scores["mcc"],
@@ -207,22 +215,7 @@ def run_setting(setting: str, args, cfg: dict[str, Any], device: torch.device) -
     eval_kw = {"batches": cfg["eval_batches"], "batch_size": cfg["eval_size"], "seed": args.seed + 10_000}
     identity = evaluate(None, sampler, device=device, **eval_kw)
 
-    start = time.perf_counter()
-    losses = train(
-        model,
-        guide,
-        FusedAdam({"lr": cfg["lr"]}),
-        sampler,
-        steps=steps,
-        batch_size=cfg["batch_size"],
-        seed=args.seed,
-        device=device,
-        desc=f"{setting} RPM",
-        disable_progress=args.no_progress,
-    )
-    train_seconds = time.perf_counter() - start
-    net.eval()
-    scores = evaluate(net, sampler, device=device, **eval_kw)
+    losses, train_seconds, scores = train_and_score(model, guide, net, sampler, args, cfg, device, steps, f"{setting} RPM")
 
     x, _, z, _ = sampler(cfg["eval_size"], torch.Generator().manual_seed(args.seed + 20_000))
     h, zt = embed(net, x, device), z.double().numpy()
