@@ -447,19 +447,26 @@ def test_bank_and_full_data_follow_the_device():
 
 
 def test_docs_examples_run():
-    """The four examples of docs/support.md run as written (with the shared set-up block)."""
+    """The four examples of docs/support.md run as written (with the shared set-up block), and so does the
+    support-object example."""
     import os
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "docs", "support.md")) as handle:
         blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
-    assert len(blocks) == 5
-    for block in blocks[1:]:
+    standalone = [b for b in blocks if "FullDataSupport(r, torch.randn(1000, 3)" in b]  # the support-object block
+    examples = [b for b in blocks[1:] if b not in standalone]
+    assert len(standalone) == 1 and len(examples) == 4
+    for block in examples:
         pyro.clear_param_store()
         namespace: dict = {}
         exec(blocks[0] + block, namespace)  # noqa: S102 - the documentation's own code
         assert math.isfinite(namespace["loss"])
+    namespace = {}
+    exec(standalone[0], namespace)  # noqa: S102
+    assert namespace["f"].num_support == 1000 and namespace["f"].normaliser.backend == "fused"
+    assert namespace["s"].calling == "full"
 
 
 def test_benchmark_script_smoke(tmp_path):
