@@ -456,12 +456,12 @@ def test_docs_examples_run():
     with open(os.path.join(root, "docs", "support.md")) as handle:
         blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
     standalone = [b for b in blocks if "FullDataSupport(r, torch.randn(1000, 3)" in b]  # the support-object block
-    examples = [b for b in blocks[1:] if b not in standalone]
+    setup, *examples = [b for b in blocks if b not in standalone]
     assert len(standalone) == 1 and len(examples) == 4
     for block in examples:
         pyro.clear_param_store()
         namespace: dict = {}
-        exec(blocks[0] + block, namespace)  # noqa: S102 - the documentation's own code
+        exec(setup + block, namespace)  # noqa: S102 - the documentation's own code
         assert math.isfinite(namespace["loss"])
     namespace = {}
     exec(standalone[0], namespace)  # noqa: S102
