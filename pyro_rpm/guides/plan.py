@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["LatentPlan", "PlanMismatch", "locate", "make_plan", "planning", "planning_enabled"]
+from ..likelihood.recognition import RecognitionLikelihood
+
+__all__ = ["LatentPlan", "PlanMismatch", "locate", "make_plan", "planning", "planning_enabled", "verify_plan"]
 
 _PLANNING: ContextVar[bool] = ContextVar("pyro_rpm_guide_planning", default=False)
 
@@ -120,3 +122,28 @@ def make_plan(
             sources.append((module, where))
         plans.append(LatentPlan(latent, tuple(lik_names), tuple(sources), frame.name, frame.dim, dict(site["infer"])))
     return plans
+
+
+def verify_plan(posterior: Any, model_trace: Any) -> None:
+    """Check that a planned tied posterior used the model's own factors at the in-batch indices.
+
+    The posterior's ``planned`` attribute is ``(guide, {likelihood site: factors})`` when the guide
+    built it from its plan (``None`` otherwise: nothing to check). :class:`~pyro_rpm.RPM_ELBO` calls
+    this for every tied guide site after tracing the model.
+
+    :raises PlanMismatch: carrying the guide, when the model trace contradicts the plan (the ELBO then
+        calls ``guide.disable_plan()`` and redoes the step with the full model run).
+    """
+    if getattr(posterior, "planned", None) is None:
+        return
+    guide, factors = posterior.planned
+    for lik, planned in factors.items():
+        site = model_trace.nodes.get(lik)
+        fn = None if site is None else site["fn"]
+        value = None if site is None else site["value"]
+        if (
+            not isinstance(fn, RecognitionLikelihood)
+            or fn.factors is not planned
+            or not _is_arange(value, fn.num_support)
+        ):
+            raise PlanMismatch(guide)

@@ -56,7 +56,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
-from ..guides.plan import PlanMismatch, planning
+from ..guides.plan import PlanMismatch, planning, verify_plan
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
 from .estimators import ESTIMATORS, interior_bound
@@ -162,7 +162,7 @@ class RPM_ELBO(Trace_ELBO):
         tied_by_likelihood: dict[str, str] = {}
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and isinstance(site["fn"], TiedPosterior):
-                self._verify_plan(site["fn"], model_trace)
+                verify_plan(site["fn"], model_trace)
                 if self._can_cancel(name, site, model_trace):
                     tied[name] = site
                     for lik in site["fn"].likelihood_sites:
@@ -231,26 +231,6 @@ class RPM_ELBO(Trace_ELBO):
         site["unscaled_log_prob"] = log_p
         site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
         site["log_prob_sum"] = site["log_prob"].sum()
-
-    @staticmethod
-    def _verify_plan(posterior: TiedPosterior, model_trace) -> None:
-        """Check that a planned posterior used the model's own factors and in-batch indices."""
-        if posterior.planned is None:
-            return
-        guide, factors = posterior.planned
-        for lik, planned in factors.items():
-            site = model_trace.nodes.get(lik)
-            fn = None if site is None else site["fn"]
-            value = None if site is None else site["value"]
-            if (
-                not isinstance(fn, RecognitionLikelihood)
-                or fn.factors is not planned
-                or not isinstance(value, torch.Tensor)
-                or value.shape != (fn.num_support,)
-                or value.is_floating_point()
-                or not torch.equal(value, torch.arange(fn.num_support, device=value.device))
-            ):
-                raise PlanMismatch(guide)
 
     @staticmethod
     def _can_cancel(name: str, site: dict, model_trace) -> bool:
