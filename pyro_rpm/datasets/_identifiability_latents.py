@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from .._validation import check_int as _positive_int
+from .._validation import check_int_type, check_number, check_tensor
 from .._validation import check_positive_number as _positive_float
 
 __all__ = [
@@ -52,14 +53,12 @@ def _generator(generator: torch.Generator | None, seed: int) -> torch.Generator:
         if generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
         return generator
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int_type(seed, "seed")
     return torch.Generator().manual_seed(seed)
 
 
 def _unit_rows(z: object, name: str) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    check_tensor(z, name)
     if z.dim() != 2 or z.shape[-1] < 2:
         raise ValueError(f"{name} must have shape (n, d) with d >= 2, got {tuple(z.shape)}")
     z = z.detach().to("cpu", torch.float64)
@@ -109,8 +108,7 @@ def uniform_box(
 
 def _box(low: object, high: object) -> tuple[float, float]:
     for value, name in ((low, "low"), (high, "high")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite float, got {value!r}")
+        check_number(value, name, expected="a finite float")
     if not low < high:
         raise ValueError(f"low must be < high, got low={low!r}, high={high!r}")
     return float(low), float(high)
@@ -197,8 +195,7 @@ def truncated_laplace(
     :param float high: :math:`b > a`.
     :returns: float64 tensor of shape ``(n, d)`` inside the box.
     """
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    check_tensor(z, "z")
     if z.dim() != 2:
         raise ValueError(f"z must have shape (n, d), got {tuple(z.shape)}")
     scale = _positive_float(scale, "scale")

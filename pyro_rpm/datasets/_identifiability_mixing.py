@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._validation import check_int as _positive_int
+from .._validation import check_int_type, check_tensor
 
 __all__ = ["InvertibleMLP"]
 
@@ -55,8 +56,7 @@ class InvertibleMLP(nn.Module):
             or not 0 < negative_slope <= 1
         ):
             raise ValueError(f"negative_slope must lie in (0, 1], got {negative_slope!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_int_type(seed, "seed")
         gen = torch.Generator().manual_seed(seed)
         chunk = 5000
         best = torch.empty(0, dim, dim, dtype=torch.float64)
@@ -84,8 +84,7 @@ class InvertibleMLP(nn.Module):
         self.cond_threshold: float = threshold
 
     def _check(self, z: torch.Tensor, name: str) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        check_tensor(z, name)
         if z.dim() < 1 or z.shape[-1] != self.dim:
             raise ValueError(f"{name} must have a last dimension of size {self.dim}, got shape {tuple(z.shape)}")
         if not z.is_floating_point():

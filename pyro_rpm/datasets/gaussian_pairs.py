@@ -28,13 +28,13 @@ import math
 
 import torch
 
+from .._validation import check_int, check_int_type, check_number
+
 __all__ = ["correlated_gaussian_pairs", "gaussian_pairs_mi", "rho_for_mi"]
 
 
 def _check_dim(dim: object) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
-    return dim
+    return check_int(dim, "dim", expected="a positive int")
 
 
 def _check_rho(rho: object) -> float:
@@ -70,8 +70,7 @@ def rho_for_mi(mi: float, dim: int) -> float:
     5.0
     """
     dim = _check_dim(dim)
-    if isinstance(mi, bool) or not isinstance(mi, (int, float)) or not 0.0 <= mi < float("inf"):
-        raise ValueError(f"mi must be a finite float >= 0, got {mi!r}")
+    check_number(mi, "mi", at_least=0, expected="a finite float >= 0")
     return math.sqrt(-math.expm1(-2.0 * mi / dim))
 
 
@@ -100,11 +99,9 @@ def correlated_gaussian_pairs(
     >>> torch.equal(correlated_gaussian_pairs(5, 1, 0.5, seed=3)[1], correlated_gaussian_pairs(5, 1, 0.5, seed=3)[1])
     True
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int(n, "n", expected="a positive int")
     dim, rho = _check_dim(dim), _check_rho(rho)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int_type(seed, "seed")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     gen = torch.Generator().manual_seed(seed)

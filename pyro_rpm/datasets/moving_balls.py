@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .._validation import check_int as _positive_int
+from .._validation import check_int_type
 from .._validation import check_positive_number as _positive_float
 
 __all__ = ["ball_trajectories", "moving_balls", "render_balls"]
@@ -79,8 +80,7 @@ def _overlaps(candidate: np.ndarray, others: np.ndarray, diameter: float) -> boo
 
 
 def _check_seed_dtype(seed: object, dtype: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int_type(seed, "seed")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int, check_int_type, check_number
+
 __all__ = ["two_view_gaussian"]
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def two_view_gaussian(
@@ -52,11 +48,9 @@ def two_view_gaussian(
     True
     """
     for value, name in ((n, "n"), (latent_dim, "latent_dim"), (obs_dim, "obs_dim"), (hidden_dim, "hidden_dim")):
-        _check_positive_int(value, name)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < float("inf"):
-        raise ValueError(f"noise must be a finite float >= 0, got {noise!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_int(value, name, expected="a positive int")
+    check_number(noise, "noise", at_least=0, expected="a finite float >= 0")
+    check_int_type(seed, "seed")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     gen = torch.Generator().manual_seed(seed)

@@ -22,13 +22,13 @@ import math
 import torch
 
 from .._validation import check_int as _positive_int
+from .._validation import check_int_type, check_number
 
 __all__ = ["bouncing_ball_poisson", "linear_gaussian_ssm"]
 
 
 def _finite_float(value: object, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite float, got {value!r}")
+    check_number(value, name, expected="a finite float")
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     if nonnegative and value < 0:
@@ -37,8 +37,7 @@ def _finite_float(value: object, name: str, *, positive: bool = False, nonnegati
 
 
 def _check_seed_dtype(seed: object, dtype: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int_type(seed, "seed")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 

@@ -36,7 +36,6 @@ dimensions; plate coordinates are the plate indices.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,7 @@ import pyro
 import torch
 
 from .._pyro import recognition_cache
+from .._validation import check_int
 from ._draws import _draw, _probe
 from ._summaries import _history_dataset, _joint_psis_khat
 
@@ -56,13 +56,6 @@ __all__ = ['to_inference_data']
 
 #: Default budget of table entries (S x batch x M summed over likelihood sites) per vectorised chunk.
 _CHUNK_ELEMENTS = 2**24
-
-
-# ---------------------------------------------------------------------------------------------- checks
-def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -122,13 +115,13 @@ def to_inference_data(
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     if not callable(guide):
         raise TypeError(f"guide must be callable, got {type(guide).__name__}")
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    num_samples = check_int(num_samples, "num_samples", integral=True)
     if draws_per_batch is not None:
-        draws_per_batch = _check_positive_int(draws_per_batch, "draws_per_batch")
+        draws_per_batch = check_int(draws_per_batch, "draws_per_batch", integral=True)
     if psis_particles is not None:
-        psis_particles = _check_positive_int(psis_particles, "psis_particles", minimum=100)
+        psis_particles = check_int(psis_particles, "psis_particles", 100, integral=True)
     if max_plate_nesting is not None:
-        max_plate_nesting = _check_positive_int(max_plate_nesting, "max_plate_nesting", minimum=0)
+        max_plate_nesting = check_int(max_plate_nesting, "max_plate_nesting", 0, integral=True)
     history = _history_dataset(elbo_history) if elbo_history is not None else None
 
     with torch.no_grad(), recognition_cache():

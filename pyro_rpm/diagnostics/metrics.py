@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_int
+
 __all__ = ["cluster_accuracy", "correlation_matrix", "hungarian_match", "linear_r2", "mcc"]
 
 
@@ -312,8 +314,7 @@ def cluster_accuracy(
         raise ValueError(f"pred and labels must have the same length, got {pred.shape[0]} and {labels.shape[0]}")
     num_pred, num_true = int(pred.max()) + 1, int(labels.max()) + 1
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", integral=True, expected="a positive int")
         if num_classes < max(num_pred, num_true):
             raise ValueError(
                 f"num_classes={num_classes} is smaller than the largest label + 1 ({max(num_pred, num_true)})"

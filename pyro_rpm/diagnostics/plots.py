@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_int
 from .metrics import _as_samples, _to_numpy, linear_r2
 
 __all__ = ["plot_elbo", "plot_latent_scatter", "plot_latent_trajectories", "plot_latents_vs_truth"]
@@ -46,12 +47,6 @@ def _given_axes(axes: Any, num: int, name: str = "axes") -> list:
         if not hasattr(ax, "plot") or not hasattr(ax, "figure"):
             raise TypeError(f"{name} must hold matplotlib Axes, got {type(ax).__name__}")
     return flat[:num]
-
-
-def _check_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -127,7 +122,7 @@ def plot_elbo(
     """
     curves = _history_curves(history)
     if per_datum is not None:
-        per_datum = _check_int(per_datum, "per_datum")
+        per_datum = check_int(per_datum, "per_datum", integral=True)
         curves = {key: values / per_datum for key, values in curves.items()}
     created = ax is None
     if created:
@@ -140,7 +135,7 @@ def plot_elbo(
         if window == "auto":
             window = min(200, len(values) // 20)
         elif window is not None:
-            window = _check_int(window, "smooth")
+            window = check_int(window, "smooth", integral=True)
         steps = np.arange(1, len(values) + 1)
         smoothed = window is not None and 1 < window <= len(values)
         raw = ax.plot(steps, values, lw=0.6, alpha=0.35 if smoothed else 1.0, label=None if smoothed else label or None)
@@ -194,7 +189,7 @@ def plot_latents_vs_truth(
         axes = _given_axes(axes, D)
         fig = axes[0].figure
     shown = np.arange(z_true.shape[0])
-    if max_points is not None and z_true.shape[0] > _check_int(max_points, "max_points"):
+    if max_points is not None and z_true.shape[0] > check_int(max_points, "max_points", integral=True):
         shown = np.random.default_rng(seed).choice(z_true.shape[0], max_points, replace=False)
     for d, ax in enumerate(axes):
         x, y = z_true[shown, d], fitted[shown, d]
@@ -333,7 +328,7 @@ def plot_latent_scatter(
     N, D = points.shape
     if D < 2:
         raise ValueError(f"z must have at least 2 dimensions for a pairwise scatter plot, got {D}")
-    chosen = list(range(min(D, 4))) if dims is None else [_check_int(d, "dims", 0) for d in dims]
+    chosen = list(range(min(D, 4))) if dims is None else [check_int(d, "dims", 0, integral=True) for d in dims]
     if len(chosen) < 2 or len(set(chosen)) != len(chosen) or max(chosen) >= D:
         raise ValueError(f"dims must be at least 2 distinct dimensions in [0, {D}), got {list(dims or [])}")
     pairs = [(i, j) for a, i in enumerate(chosen) for j in chosen[a + 1 :]]

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .._pyro import _CACHE
-from .._validation import check_tensor
+from .._validation import check_int, check_tensor
 from ..recognition.base import Factor
 from .group import rank_and_world_size
 
@@ -178,7 +178,6 @@ def local_index(size: int, *, group: Any = None, device: torch.device | str | No
         >>> local_index(4)
         tensor([0, 1, 2, 3])
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_int(size, "size", expected="a positive int")
     rank, _ = rank_and_world_size(group)
     return torch.arange(rank * size, (rank + 1) * size, device=device)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pyro.poutine.messenger import Messenger
 
+from .._validation import check_int
 from ..guides.tied import TiedPosterior
 from ..recognition.base import Factor
 from ..train.data import epoch_permutation
@@ -59,17 +60,13 @@ def rank_subsample(
         True
     """
     for name, value, minimum in (("n", n, 1), ("batch_size", batch_size, 1), ("step", step, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int(value, name, minimum)
+    check_int(seed, "seed", None)
     group_rank, group_world = rank_and_world_size(group)
     rank = group_rank if rank is None else rank
     world_size = group_world if world_size is None else world_size
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    check_int(world_size, "world_size", expected="a positive int")
+    check_int(rank, "rank", 0, below=world_size)
     global_batch = world_size * batch_size
     if global_batch > n:
         raise ValueError(f"world_size * batch_size = {global_batch} exceeds the number of data points n = {n}")
@@ -108,8 +105,7 @@ class ShardedNoise(Messenger):
         super().__init__()
         if not isinstance(plate, str):
             raise TypeError(f"plate must be a str, got {type(plate).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int(seed, "seed", None)
         self.plate = plate
         self.group = group
         self.generator = torch.Generator().manual_seed(seed)

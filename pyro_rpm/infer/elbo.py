@@ -56,6 +56,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
+from .._validation import check_int
 from ..guides.plan import PlanMismatch, planning, verify_plan
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
@@ -114,8 +115,7 @@ class RPM_ELBO(Trace_ELBO):
         reference: str = "flat",
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        check_int(num_particles, "num_particles", expected="a positive int")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if reference not in ("flat", "prior"):

@@ -38,6 +38,8 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 from pyro.ops.indexing import Vindex
 from pyro.poutine.messenger import Messenger
 
+from .._validation import check_optional_int
+
 __all__ = ["discrete_marginals", "map_path", "sample_discrete"]
 
 
@@ -86,10 +88,7 @@ def _setup(model, guide, args, kwargs, max_plate_nesting):
     guide = _empty_guide if guide is None else guide
     if not callable(guide):
         raise TypeError(f"guide must be callable or None, got {type(guide).__name__}")
-    if max_plate_nesting is not None and (
-        isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0
-    ):
-        raise ValueError(f"max_plate_nesting must be a non-negative int or None, got {max_plate_nesting!r}")
+    check_optional_int(max_plate_nesting, "max_plate_nesting", 0, expected="a non-negative int or None")
     depth, has_enumerated = _probe(model, guide, args, kwargs)
     if not has_enumerated:
         raise _no_sites()

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
+from .._validation import check_finite, check_optional_int, check_positive, check_same_device_and_dtype, check_tensor
 from .choice import BACKENDS, Normaliser
 from .features import DotFeatures, FeatureMap, GaussianFeatures
 from .fused import fused_available, fused_kernel
@@ -126,11 +126,6 @@ def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dty
 
 def _streamed_chunk(num_rows: int) -> int:
     return max(256, _STREAMED_CHUNK_ELEMENTS // max(num_rows, 1))
-
-
-def _check_chunk_size(chunk_size: int | None) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def _work_dtype(dtype: torch.dtype, device: torch.device, accumulate_dtype: torch.dtype | None, exact: bool):
@@ -238,7 +233,7 @@ def gaussian_logsumexp(
     for value, name in ((z, "z"), (loc, "loc")):
         check_finite(value, name)
     check_positive(param.detach(), param_name)
-    _check_chunk_size(chunk_size)
+    check_optional_int(chunk_size, "chunk_size", expected="a positive int or None")
     work = _work_dtype(z.dtype, z.device, accumulate_dtype, exact=True)
     centre = loc.detach().to(work).mean(0)
     features = GaussianFeatures(centre, is_scale=scale is not None, shared=param.dim() == 1)
@@ -285,6 +280,6 @@ def score_logsumexp(
         tensors.append((bias, "bias"))
     for value, name in tensors:
         check_finite(value, name)
-    _check_chunk_size(chunk_size)
+    check_optional_int(chunk_size, "chunk_size", expected="a positive int or None")
     work = _work_dtype(query.dtype, query.device, accumulate_dtype, exact=False)
     return _logsumexp(query, keys, bias, DotFeatures(work, has_bias=bias is not None), backend, chunk_size)

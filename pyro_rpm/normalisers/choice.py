@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._validation import check_optional_int
+
 __all__ = ["BACKENDS", "Normaliser"]
 
 #: Names of the normaliser backends (:mod:`pyro_rpm.normalisers`).
@@ -42,8 +44,7 @@ class Normaliser:
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         size = self.chunk_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {size!r}")
+        check_optional_int(size, "chunk_size", expected="a positive int or None")
 
     @classmethod
     def coerce(cls, value: Normaliser | str | None) -> Normaliser:

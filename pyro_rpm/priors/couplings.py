@@ -36,7 +36,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_positive
+from .._validation import check_int, check_positive
 from ..normalisers import gaussian_logsumexp, score_logsumexp
 from ..normalisers.dense import quadratic_pairwise
 from ..recognition.base import Factor, use_dense
@@ -143,11 +143,8 @@ class BilinearCoupling(Coupling):
 
     def __init__(self, dim: int, dim2: int | None = None, *, learn: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        dim2 = dim if dim2 is None else dim2
-        if isinstance(dim2, bool) or not isinstance(dim2, int) or dim2 < 1:
-            raise ValueError(f"dim2 must be a positive int or None, got {dim2!r}")
+        check_int(dim, "dim", expected="a positive int")
+        dim2 = dim if dim2 is None else check_int(dim2, "dim2", expected="a positive int or None")
         weight = torch.eye(dim, dim2)
         set_learnable(self, "weight", weight, learn)
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_int, check_tensor
 
 __all__ = ["CategoricalPrior", "HMMPrior"]
 
@@ -46,9 +46,7 @@ _ENUMERATE = (None, "parallel", "sequential")
 
 
 def _check_num_states(num_states: object) -> int:
-    if isinstance(num_states, bool) or not isinstance(num_states, int) or num_states < 2:
-        raise ValueError(f"num_states must be an int >= 2, got {num_states!r}")
-    return num_states
+    return check_int(num_states, "num_states", 2)
 
 
 def _check_enumerate(enumerate: object) -> str | None:
@@ -230,8 +228,7 @@ class HMMPrior(_StatePrior):
         """Generate the chain: yields ``(t, z_t)`` for ``t = 0..num_steps-1`` (see the class docstring)."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        check_int(num_steps, "num_steps")
         return self._chain(name, num_steps)
 
     def _chain(self, name: str, num_steps: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -64,7 +64,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_finite, check_positive, check_tensor
+from .._validation import check_finite, check_float_type, check_int, check_positive, check_tensor
 from .gaussian_sequence import ConjugateGaussianSequence, check_pseudo_observations
 from .kernels import Kernel, make_kernel
 
@@ -119,8 +119,7 @@ class KernelSmoothedMean(nn.Module):
         anchor_times = check_times(anchor_times, "anchor_times")
         if anchor_times.dim() != 1:
             raise ValueError(f"anchor_times must be one-dimensional, got shape {tuple(anchor_times.shape)}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         if lengthscale is None:
             span = float(anchor_times[-1] - anchor_times[0])
             lengthscale = 2 * span / max(len(anchor_times) - 1, 1) if span > 0 else 1.0
@@ -311,8 +310,7 @@ class GaussianProcessPrior(nn.Module):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         if isinstance(kernel, Kernel):
             if kernel.latent_dim != latent_dim:
                 raise ValueError(f"kernel has latent_dim {kernel.latent_dim}, but latent_dim={latent_dim}")
@@ -325,8 +323,7 @@ class GaussianProcessPrior(nn.Module):
                 learn_lengthscale=learn_lengthscale,
                 learn_scale=learn_scale,
             )
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
-            raise TypeError(f"jitter must be a float, got {type(jitter).__name__}")
+        check_float_type(jitter, "jitter")
         check_positive(jitter, "jitter")
         if mean is not None and not callable(mean):
             raise TypeError(f"mean must be a callable (e.g. an nn.Module), got {type(mean).__name__}")

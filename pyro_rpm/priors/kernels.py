@@ -32,15 +32,14 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 
 from .._learnable import set_learnable
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_float_type, check_int, check_tensor
 
 __all__ = ["KERNELS", "Kernel", "Matern12", "Matern32", "Matern52", "RBF", "make_kernel"]
 
 
 def _per_dimension(value: float | torch.Tensor, latent_dim: int, name: str) -> torch.Tensor:
     """``value`` as a float tensor of shape ``(latent_dim,)``, checked finite and positive."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    check_float_type(value, name, tensor=True)
     tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).detach().clone()
     if tensor.dim() > 1 or (tensor.dim() == 1 and tensor.shape[0] not in (1, latent_dim)):
         raise ValueError(
@@ -73,8 +72,7 @@ class Kernel(nn.Module):
         learn_scale: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         self.latent_dim = latent_dim
         to_unconstrained = biject_to(constraints.positive).inv
         raw_lengthscale = to_unconstrained(_per_dimension(lengthscale, latent_dim, "lengthscale"))

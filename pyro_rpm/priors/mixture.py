@@ -36,7 +36,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_positive, check_tensor
+from .._validation import check_int, check_positive, check_tensor
 
 __all__ = ["MixturePrior"]
 
@@ -76,8 +76,7 @@ class MixturePrior(nn.Module):
     ) -> None:
         super().__init__()
         for arg, value in (("num_components", num_components), ("latent_dim", latent_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+            check_int(value, arg)
         check_positive(init_scale, "init_scale")
         check_positive(min_scale, "min_scale")
         if not init_scale > min_scale:

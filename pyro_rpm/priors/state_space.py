@@ -67,7 +67,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_positive
+from .._validation import check_int, check_number, check_positive
 from . import markov_chain as _chain
 from .markov_chain import (  # DENSE_MAX_SIZE: still importable from here, where it used to live
     DENSE_MAX_SIZE,  # noqa: F401
@@ -136,12 +136,10 @@ class LinearGaussianStateSpacePrior(nn.Module):
         super().__init__()
         if posterior_method not in POSTERIOR_METHODS:
             raise ValueError(f"posterior_method must be one of {POSTERIOR_METHODS}, got {posterior_method!r}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         if stationary and not stable:
             raise ValueError("stationary=True needs stable=True (Q = I - A A^T is positive definite only if |A| < 1)")
-        if isinstance(init_decay, bool) or not isinstance(init_decay, (int, float)) or not math.isfinite(init_decay):
-            raise ValueError(f"init_decay must be a finite float, got {init_decay!r}")
+        check_number(init_decay, "init_decay", expected="a finite float")
         if stable and not 0 <= init_decay < 1:
             raise ValueError(f"init_decay must lie in [0, 1) for a stable transition matrix, got {init_decay!r}")
         check_positive(jitter, "jitter")
@@ -195,8 +193,7 @@ class LinearGaussianStateSpacePrior(nn.Module):
 
     def distribution(self, num_steps: int) -> GaussianMarkovChain:
         """The prior over trajectories of ``num_steps`` steps (a :class:`GaussianMarkovChain`)."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        check_int(num_steps, "num_steps")
         D, T = self.latent_dim, num_steps
         A = self.transition_matrix
         S = self.noise_scale_tril
@@ -224,8 +221,7 @@ class LinearGaussianStateSpacePrior(nn.Module):
             for t in pyro.markov(range(1, T)):
                 z = pyro.sample(f"{name}_{t}", MultivariateNormal(A z, Q))
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        check_int(num_steps, "num_steps")
         register_module(self.name, self)  # after the check: bad input leaves the parameter store unchanged
         if not markov:
             return pyro.sample(name, self.distribution(num_steps))

@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .._validation import check_int
 from .base import Factor, Recognition, use_dense
 
 __all__ = ['CategoricalFactor', 'CategoricalRecognition']
@@ -82,8 +83,7 @@ class CategoricalRecognition(Recognition):
 
     def __init__(self, net: nn.Module, num_states: int, *, name: str | None = None, validate: bool = True) -> None:
         super().__init__(net, name=name, validate=validate)
-        if isinstance(num_states, bool) or not isinstance(num_states, int) or num_states < 2:
-            raise ValueError(f"num_states must be an int >= 2, got {num_states!r}")
+        check_int(num_states, "num_states", 2)
         self.num_states = num_states
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_positive, check_tensor
+from .._validation import check_float_type, check_positive, check_tensor
 from .base import Recognition
 from .gaussian import GaussianFactor
 
@@ -40,8 +40,7 @@ class DeltaFactor(GaussianFactor):
         check_tensor(loc, "loc")
         if isinstance(eps, torch.Tensor):
             eps = float(eps)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+        check_float_type(eps, "eps")
         check_positive(eps, "eps")
         self.eps = float(eps)
         self.sample_noise = bool(sample_noise)
@@ -81,8 +80,7 @@ class DeltaRecognition(Recognition):
         super().__init__(net, name=name, validate=validate)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+        check_float_type(eps, "eps")
         check_positive(eps, "eps")
         self.latent_dim = latent_dim
         self.eps = float(eps)

@@ -28,7 +28,14 @@ from torch import nn
 from torch.distributions import Distribution
 
 from .._learnable import set_learnable
-from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
+from .._validation import (
+    check_finite,
+    check_float_type,
+    check_int,
+    check_positive,
+    check_same_device_and_dtype,
+    check_tensor,
+)
 from ..normalisers import score_logsumexp
 from .base import Factor, Recognition, use_dense
 
@@ -157,8 +164,7 @@ class VonMisesFisherFactor(Factor):
             raise ValueError(
                 f"loc must have shape batch_shape + (D,) with D >= 2 (unit vectors in R^D), got shape {tuple(loc.shape)}"
             )
-        if isinstance(concentration, bool) or not isinstance(concentration, (int, float, torch.Tensor)):
-            raise TypeError(f"concentration must be a float or a tensor, got {type(concentration).__name__}")
+        check_float_type(concentration, "concentration", tensor=True)
         if isinstance(concentration, torch.Tensor):
             check_same_device_and_dtype(loc, "loc", concentration, "concentration")
             if not concentration.is_floating_point():
@@ -348,12 +354,10 @@ class VonMisesFisherRecognition(Recognition):
         validate: bool = True,
     ) -> None:
         super().__init__(net, name=name, validate=validate)
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 2:
-            raise ValueError(f"latent_dim must be an int >= 2 (unit vectors in R^D), got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", 2, expected="an int >= 2 (unit vectors in R^D)")
         if isinstance(concentration, torch.Tensor):
             concentration = float(concentration)
-        if isinstance(concentration, bool) or not isinstance(concentration, (int, float)):
-            raise TypeError(f"concentration must be a float, got {type(concentration).__name__}")
+        check_float_type(concentration, "concentration")
         if not math.isfinite(concentration):
             raise ValueError(f"concentration must be finite, got {concentration}")
         check_positive(concentration, "concentration")

@@ -7,10 +7,10 @@ import copy
 
 import torch
 
-from .._validation import check_tensor
+from .._validation import check_int, check_number, check_tensor
 from ..normalisers import Normaliser
 from ..recognition.base import Factor, Recognition, cat_factors
-from .base import Support, _check_chunk_size, _check_data
+from .base import Support, _check_data
 
 __all__ = ['MemoryBankSupport', 'IndexedBankSupport']
 
@@ -21,9 +21,7 @@ class _BankSupport(Support):
     def __init__(self, recognition: Recognition, momentum: float | None, normaliser: Normaliser | str | None = None) -> None:
         super().__init__(recognition, normaliser=normaliser)
         if momentum is not None:
-            if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-                raise ValueError(f"momentum must be None or a float in [0, 1), got {momentum!r}")
-            momentum = float(momentum)
+            momentum = check_number(momentum, "momentum", at_least=0, below=1, expected="None or a float in [0, 1)")
         self.momentum = momentum
         #: the momentum encoder (an EMA copy of ``recognition``, never trained directly), or ``None``.
         self.key_recognition: Recognition | None = None
@@ -86,8 +84,7 @@ class MemoryBankSupport(_BankSupport):
     def __init__(
         self, recognition: Recognition, size: int, *, momentum: float | None = None, normaliser: Normaliser | str | None = None
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        check_int(size, "size", expected="a positive int")
         super().__init__(recognition, momentum, normaliser)
         self.size = size
         self._bank: Factor | None = None
@@ -160,7 +157,7 @@ class IndexedBankSupport(_BankSupport):
     ) -> None:
         super().__init__(recognition, momentum, normaliser)
         _check_data(data)
-        _check_chunk_size(chunk_size, allow_none=False)
+        check_int(chunk_size, "chunk_size", expected="a positive int")
         self.data = data
         self.chunk_size = chunk_size
         self._bank: Factor | None = None

@@ -61,12 +61,6 @@ def _check_data(data: object, name: str = "data") -> torch.Tensor:
     return data
 
 
-def _check_chunk_size(chunk_size: object, allow_none: bool) -> None:
-    ok = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
-    if not ok and not (allow_none and chunk_size is None):
-        raise ValueError(f"chunk_size must be a positive int{' or None' if allow_none else ''}, got {chunk_size!r}")
-
-
 class Support(ABC):
     """The contract of a support set: a rule that turns data into the factors of M support points.
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from .._pyro import register_module
-from .._validation import check_finite
+from .._validation import check_finite, check_optional_int
 from ..normalisers import Normaliser
 from ..recognition.base import Factor, Recognition
 from ._grad_cache import chunked_encode
-from .base import Support, _check_chunk_size, _check_data
+from .base import Support, _check_data
 
 __all__ = ['FullDataSupport']
 
@@ -50,7 +50,7 @@ class FullDataSupport(Support):
     ) -> None:
         super().__init__(recognition, normaliser=normaliser)
         _check_data(data)
-        _check_chunk_size(chunk_size, allow_none=True)
+        check_optional_int(chunk_size, "chunk_size", expected="a positive int or None")
         if chunk_size is not None and not isinstance(recognition.net, nn.Module):
             raise TypeError("FullDataSupport with chunk_size needs recognition.net to be a torch.nn.Module")
         if recognition.validate:

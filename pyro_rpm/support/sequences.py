@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int
 from ..likelihood.recognition import observe
 from ..recognition.base import POOLINGS, Factor, check_frame_factors
 
@@ -58,8 +59,7 @@ class SequenceSupport:
 
     def __init__(self, factors: Factor, num_steps: int, pooling: str = "data") -> None:
         check_frame_factors(factors)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        check_int(num_steps, "num_steps")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         num_frames = factors.batch_shape[0]
@@ -89,9 +89,7 @@ class SequenceSupport:
     def _check_step(self, t: int) -> int:
         if isinstance(t, torch.Tensor) and t.dim() == 0 and not t.is_floating_point():
             t = int(t)
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.num_steps:
-            raise ValueError(f"t must be an int in [0, {self.num_steps}), got {t!r}")
-        return t
+        return check_int(t, "t", 0, below=self.num_steps)
 
     def _sequences(self, sequences: torch.Tensor | None) -> torch.Tensor:
         if sequences is None:

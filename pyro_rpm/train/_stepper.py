@@ -27,6 +27,7 @@ from pyro.infer import SVI
 from pyro.optim import PyroOptim
 from pyro.optim.lr_scheduler import PyroLRScheduler
 
+from .._validation import check_number
 from .optim import MultiTensorOptim
 
 __all__ = ["OPTIMIZERS", "Stepper", "make_stepper"]
@@ -149,10 +150,8 @@ def make_stepper(
     model, guide, elbo, optim: Any, lr: float | None, optim_args: dict | None, lr_scheduler: Callable | None
 ) -> Stepper:
     """Resolve ``fit``'s ``optim``/``lr``/``optim_args``/``lr_scheduler`` into a :class:`Stepper`."""
-    if lr is not None and (
-        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0
-    ):
-        raise ValueError(f"lr must be a finite positive float, got {lr!r}")
+    if lr is not None:
+        check_number(lr, "lr", greater_than=0, expected="a finite positive float")
     if optim_args is not None and not isinstance(optim_args, dict):
         raise TypeError(f"optim_args must be a dict of optimiser arguments, got {type(optim_args).__name__}")
     if lr_scheduler is not None and not callable(lr_scheduler):

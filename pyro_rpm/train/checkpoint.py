@@ -39,6 +39,7 @@ from typing import Any
 import pyro
 import torch
 
+from .._validation import check_int
 from ._state import (
     check_optimizer_state,
     constraint_from_spec,
@@ -93,8 +94,7 @@ def save_checkpoint(
     :raises ValueError: when the contents would not load with ``weights_only=True``.
     """
     path = _check_path(path)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    check_int(step, "step", 0, expected="a non-negative int")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
     store = pyro.get_param_store()

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from .._validation import check_tensor
+
 __all__ = ["FitData", "epoch_permutation", "epoch_seed"]
 
 Batch = tuple[tuple, dict]
@@ -116,8 +118,7 @@ class FitData:
         if not tensors:
             raise ValueError(f"{self.name} holds no tensors")
         for i, t in enumerate(tensors):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{self.name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+            check_tensor(t, f"{self.name}[{i}]")
             if t.dim() == 0:
                 raise ValueError(f"{self.name}[{i}] must have a leading data dimension, got a 0-d tensor")
         sizes = {t.shape[0] for t in tensors}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .._validation import check_int
+
 __all__ = ['EarlyStopping', 'FitResult', 'StepInfo']
 
 
@@ -25,8 +27,7 @@ class EarlyStopping:
     restore_best: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience must be a positive int, got {self.patience!r}")
+        check_int(self.patience, "patience", expected="a positive int")
         if not isinstance(self.min_delta, (int, float)) or not math.isfinite(self.min_delta) or self.min_delta < 0:
             raise ValueError(f"min_delta must be a finite float >= 0, got {self.min_delta!r}")
 
