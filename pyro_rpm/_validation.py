@@ -9,6 +9,7 @@ import numbers
 import torch
 
 __all__ = [
+    "resolve_device",
     "check_finite",
     "check_float_type",
     "check_int",
@@ -161,3 +162,17 @@ def check_number(
 def check_positive_number(value: object, name: str) -> float:
     """Return ``float(value)`` for a finite real number > 0 (not a bool), else raise :class:`ValueError`."""
     return check_number(value, name, greater_than=0)
+
+
+def resolve_device(device: object) -> torch.device | None:
+    """``torch.device(device)`` (``None`` stays ``None``), or a :class:`ValueError` naming ``device``
+    for a bad name or an unavailable CUDA device."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda'), got {device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    return device

@@ -34,6 +34,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .._validation import resolve_device
 from ..guides.recognition import RecognitionGuide
 from ..infer.elbo import RPM_ELBO
 from ..likelihood.recognition import observe
@@ -59,16 +60,6 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
         nn.SiLU(),
         nn.Linear(hidden, out_dim),
     )
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda'), got {device!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-    return device
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -124,7 +115,7 @@ def run_demo(
     N, B, num_steps = settings["n"], settings["batch_size"], settings["steps"]
     if not 2 <= B <= N:
         raise ValueError(f"batch_size must lie in [2, n={N}] (the in-batch support needs 2 points), got {B}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
 
     from ..datasets.synthetic import two_view_gaussian
 

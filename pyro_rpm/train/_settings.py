@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from .._validation import resolve_device
 from ._calls import InBatchCalls, WholeDataCalls, model_calls
-from ._setup import check_arguments, check_callables, positive_int, resolve_device
+from ._setup import check_arguments, check_callables, positive_int
 from .data import FitData
 from .results import EarlyStopping
 

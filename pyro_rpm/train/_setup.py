@@ -20,7 +20,7 @@ from torch import nn
 
 from ._state import rng_state, set_rng_state
 
-__all__ = ["check_arguments", "check_callables", "positive_int", "probe_params", "register_params", "resolve_device"]
+__all__ = ["check_arguments", "check_callables", "positive_int", "probe_params", "register_params"]
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -29,18 +29,6 @@ def positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
-
-
-def resolve_device(device: Any) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda'), got {device!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-    return device
 
 
 def probe_params(model, guide, elbo, args: tuple, kwargs: dict) -> tuple[dict, dict]:
