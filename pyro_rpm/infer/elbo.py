@@ -143,6 +143,7 @@ class RPM_ELBO(Trace_ELBO):
             model_trace = poutine.trace(poutine.replay(LatentNames()(model), trace=guide_trace), graph_type="flat").get_trace(
                 *args, **kwargs
             )
+        self._refuse_enumerated(model_trace, guide_trace)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         guide_trace = poutine.util.prune_subsample_sites(guide_trace)
@@ -154,6 +155,30 @@ class RPM_ELBO(Trace_ELBO):
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
         return model_trace, guide_trace
+
+    @staticmethod
+    def _refuse_enumerated(model_trace, guide_trace) -> None:
+        """Raise for latents the model marks for enumeration that the guide does not sample.
+
+        ``RPM_ELBO`` estimates like :class:`~pyro.infer.Trace_ELBO`: such a site would be drawn from its
+        prior instead of summed out, a silently worse objective (Pyro only warns "Found vars in model but
+        not guide"). :class:`~pyro.infer.TraceEnum_ELBO` sums them out exactly.
+        """
+        unguided = [
+            name
+            for name, site in model_trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and site["infer"].get("enumerate") in ("parallel", "sequential")
+            and name not in guide_trace.nodes
+        ]
+        if unguided:
+            raise ValueError(
+                f"RPM_ELBO: the model marks {unguided} for enumeration (infer={{'enumerate': ...}}) but the guide "
+                "does not sample them; RPM_ELBO would draw them from their prior instead of summing them out. "
+                "Use pyro.infer.TraceEnum_ELBO(max_plate_nesting=...) (with fit: elbo=TraceEnum_ELBO(...)), which sums "
+                "them out exactly, or give them a guide"
+            )
 
     # ------------------------------------------------------------------ terms
     def _fill_log_probs(self, model_trace, guide_trace) -> None:
