@@ -4,12 +4,13 @@
 Commands:
 
 * ``demo [options]``: the two-view demo (:mod:`pyro_rpm.cli.demo`); ``demo --help`` lists its options.
-* ``version``: print the package version.
+* ``version`` (or ``--version``): print the package version.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -40,13 +41,22 @@ _EPILOG = "scripts in a clone of the repository (each takes --quick --seed --dev
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _program_name(argv0: str | None = None) -> str:
+    """How the program was invoked: ``pyro-rpm`` (the console script) or ``python -m pyro_rpm``."""
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    return "pyro-rpm" if name.startswith("pyro-rpm") else "python -m pyro_rpm"
+
+
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(
-        prog="python -m pyro_rpm",
+        prog=prog or _program_name(),
         description="pyro_rpm: recognition-parameterised models for Pyro.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", title="commands")
     commands.add_parser(
         "demo",
@@ -58,10 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m pyro_rpm`` and of the ``pyro-rpm`` console script."""
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``python -m pyro_rpm`` and of the ``pyro-rpm`` console script.
+
+    :param argv: the arguments (default ``sys.argv[1:]``).
+    :param str prog: the program name in usage lines (default: how it was invoked).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser = _parser(prog)
     if argv and argv[0] == "demo":
         from .cli.demo import main as demo_main
 

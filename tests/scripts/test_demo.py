@@ -141,3 +141,15 @@ def test_demo_command_prints_one_json_line(tmp_path, capsys):
     result = json.loads(last)
     assert {"r2", "seconds", "final_loss"} <= set(result)
     assert result["steps"] == 3 and result["n"] == 32
+
+
+def test_version_flag_and_program_name(capsys):
+    """``--version`` works like ``version``; the usage line names the program as it was invoked."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"], prog="pyro-rpm")
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-rpm {pyro_rpm.__version__}"
+    assert cli._program_name("/usr/local/bin/pyro-rpm") == "pyro-rpm"
+    assert cli._program_name("/site-packages/pyro_rpm/__main__.py") == "python -m pyro_rpm"
+    cli.main([], prog="pyro-rpm")
+    assert capsys.readouterr().out.startswith("usage: pyro-rpm")
