@@ -58,18 +58,21 @@ def record_recognition_calls() -> Iterator[dict]:
 
 
 def register_module(name: str, module: nn.Module) -> None:
-    """``pyro.module(name, module)``, done once per :func:`recognition_cache` scope.
+    """``pyro.module(name, module, update_module_params=True)``, done once per :func:`recognition_cache` scope.
 
-    Pyro's :class:`~pyro.infer.SVI` collects parameters from the ``param`` messages of one step;
-    one registration per step suffices, and skipping the repeats saves a message per parameter.
+    The module's parameters live in Pyro's parameter store: a value the store holds under the
+    module's name (e.g. after ``pyro.get_param_store().load(path)``) replaces the module's own, as
+    the store promises, instead of being trained while the module keeps computing with stale
+    weights. Pyro's :class:`~pyro.infer.SVI` collects parameters from the ``param`` messages of one
+    step; one registration per step suffices, and skipping the repeats saves a message per parameter.
     """
     cache = _CACHE.get()
     if cache is None:
-        pyro.module(name, module)
+        pyro.module(name, module, update_module_params=True)
         return
     registered = cache.setdefault("registered", set())
     if id(module) not in registered:
-        pyro.module(name, module)
+        pyro.module(name, module, update_module_params=True)
         registered.add(id(module))
 
 
