@@ -219,6 +219,13 @@ def observe(
     :param int chunk_size: support points per chunk for the streamed/fused backends (overrides the factors').
     :returns: the observed indices.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"observe: name must be a str (the site name), got {type(name).__name__}")
+    if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+        raise TypeError(
+            f"observe('{name}'): index must be an integer tensor of support positions, got a boolean tensor "
+            "(a mask? pass mask.nonzero().squeeze(-1))"
+        )
     try:
         likelihood = RecognitionLikelihood(factors, latent, backend=backend, chunk_size=chunk_size)
     except (TypeError, ValueError) as error:

@@ -247,7 +247,18 @@ class Recognition(nn.Module, metaclass=ABCMeta):
         self.validate = bool(validate)
 
     def _explain_mismatch(self, x: torch.Tensor, error: RuntimeError) -> None:
-        """Turn a device/dtype clash between inputs and parameters into a clear ValueError."""
+        """Turn a device/dtype/width clash between inputs and the network into a clear ValueError/TypeError."""
+        floating = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
+        if not x.is_floating_point() and floating and "dtype" in str(error):
+            raise TypeError(
+                f"inputs to recognition '{self.name}' have dtype {x.dtype} but its network computes in "
+                f"{floating[0][1].dtype}; convert the data (e.g. x.float())"
+            ) from error
+        if "shapes cannot be multiplied" in str(error) or "size mismatch" in str(error):
+            raise ValueError(
+                f"inputs to recognition '{self.name}' of shape {tuple(x.shape)} do not fit its network ({error}); "
+                "check the network's input width against the data"
+            ) from error
         for pname, param in self.named_parameters():
             if param.device != x.device:
                 raise ValueError(

@@ -698,6 +698,54 @@ def momentum_of_one_and_a_half():
     return Bad(lambda: MemoryBankSupport(r1, 4, momentum=1.5), (r1,))
 
 
+def integer_data_for_a_float_network():
+    r1, r2, model = _two_view()
+    svi, optim = _svi(model)
+    x1, x2 = _data()
+    return Bad(lambda: svi.step(x1.long(), x2), (r1, r2), (optim,))
+
+
+def network_input_width_mismatch():
+    r1, r2, model = _two_view()
+    svi, optim = _svi(model)
+    x1, x2 = _data()
+    return Bad(lambda: svi.step(x1[:, :3], x2), (r1, r2), (optim,))
+
+
+def site_name_not_a_string():
+    r1 = _recognition("r1")
+    x1, _ = _data()
+
+    def model():
+        f = r1(x1)
+        with pyro.plate("data", N):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            observe(7, f, z)
+
+    svi, optim = _svi(model)
+    return Bad(svi.step, (r1,), (optim,))
+
+
+def boolean_mask_as_index():
+    r1 = _recognition("r1")
+    x1, _ = _data()
+    mask = torch.arange(N) % 2 == 0
+
+    def model():
+        f = r1(x1)
+        with pyro.plate("data", N):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            observe("x1", f, z, index=mask)
+
+    svi, optim = _svi(model)
+    return Bad(svi.step, (r1,), (optim,))
+
+
+def contrastive_anchor_of_the_wrong_width():
+    factors = DeltaFactor(torch.randn(N, D))
+    return Bad(lambda: ContrastivePrior(factors, RBFCoupling(1.0), torch.randn(N, D + 1)))
+
+
 # ------------------------------------------------------------------------------------------ the table
 def case(build, error, match, id, marks=()):
     return pytest.param(build, error, match, id=id, marks=marks)
@@ -805,6 +853,12 @@ CATALOGUE = [
     case(bilinear_dim2_zero, ValueError, r"dim2 must be a positive int or None, got 0", "bilinear-dim2-0"),
     case(memory_bank_of_size_zero, ValueError, r"size must be a positive int, got 0", "bank-size-0"),
     case(momentum_of_one_and_a_half, ValueError, r"momentum must be None or a float in \[0, 1\)", "momentum"),
+    # kinds of issue 14, item 7
+    case(integer_data_for_a_float_network, TypeError, r"inputs to recognition 'r1' have dtype torch.int64 but its network computes in torch.float32", "int-data-float-net"),
+    case(network_input_width_mismatch, ValueError, r"inputs to recognition 'r1' of shape \(8, 3\) do not fit its network", "net-input-width"),
+    case(site_name_not_a_string, TypeError, r"observe: name must be a str", "site-name-not-str"),
+    case(boolean_mask_as_index, TypeError, r"observe\('x1'\): index must be an integer tensor .* boolean", "bool-mask-index"),
+    case(contrastive_anchor_of_the_wrong_width, ValueError, r"anchor must end with the factors' latent dimension \(2,\)", "anchor-width"),
 ]
 
 
