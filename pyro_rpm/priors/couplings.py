@@ -80,6 +80,15 @@ class Coupling(nn.Module):
         if any(True for _ in self.parameters()):
             register_module(self.name, self)
 
+    def check_widths(self, anchor: int, factors: int) -> None:
+        """Raise :class:`ValueError` unless an anchor :math:`z` of width ``anchor`` pairs with factors over
+        :math:`z'` of width ``factors`` (by default both live in one space: equal widths)."""
+        if anchor != factors:
+            raise ValueError(
+                f"anchor must end with the factors' latent dimension ({factors},) for {type(self).__name__}, "
+                f"got width {anchor}"
+            )
+
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -147,6 +156,15 @@ class BilinearCoupling(Coupling):
         dim2 = dim if dim2 is None else check_int(dim2, "dim2", expected="a positive int or None")
         weight = torch.eye(dim, dim2)
         set_learnable(self, "weight", weight, learn)
+
+    def check_widths(self, anchor: int, factors: int) -> None:
+        """:math:`z^\top W z'` pairs an anchor of width ``W.shape[0]`` with factors of width ``W.shape[1]``."""
+        dim, dim2 = self.weight.shape
+        if anchor != dim or factors != dim2:
+            raise ValueError(
+                f"anchor must have width {dim} and the factors width {dim2} for BilinearCoupling(dim={dim}, "
+                f"dim2={dim2}), got {anchor} and {factors}"
+            )
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()

@@ -172,11 +172,8 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         if anchor.dim() < 1:
             raise ValueError("anchor must have a trailing latent dimension")
         check_same_device_and_dtype(anchor, "anchor", factors.mean, "factors")
-        if anchor.shape[-1:] != factors.event_shape[-1:]:
-            raise ValueError(
-                f"anchor must end with the factors' latent dimension {tuple(factors.event_shape)}, "
-                f"got shape {tuple(anchor.shape)}"
-            )
+        if len(factors.event_shape) == 1:
+            coupling.check_widths(anchor.shape[-1], factors.event_shape[0])
         self.coupling = coupling
         self.anchor = anchor
         super().__init__(factors, anchor.shape[:-1], backend=backend, validate_args=validate_args)

@@ -741,6 +741,11 @@ def boolean_mask_as_index():
     return Bad(svi.step, (r1,), (optim,))
 
 
+def bilinear_anchor_of_the_wrong_width():
+    factors = DeltaFactor(torch.randn(N, D))
+    return Bad(lambda: ContrastivePrior(factors, BilinearCoupling(D + 1, D), torch.randn(N, D)))
+
+
 def contrastive_anchor_of_the_wrong_width():
     factors = DeltaFactor(torch.randn(N, D))
     return Bad(lambda: ContrastivePrior(factors, RBFCoupling(1.0), torch.randn(N, D + 1)))
@@ -859,6 +864,7 @@ CATALOGUE = [
     case(site_name_not_a_string, TypeError, r"observe: name must be a str", "site-name-not-str"),
     case(boolean_mask_as_index, TypeError, r"observe\('x1'\): index must be an integer tensor .* boolean", "bool-mask-index"),
     case(contrastive_anchor_of_the_wrong_width, ValueError, r"anchor must end with the factors' latent dimension \(2,\)", "anchor-width"),
+    case(bilinear_anchor_of_the_wrong_width, ValueError, r"anchor must have width 3 and the factors width 2 for BilinearCoupling", "bilinear-anchor-width"),
 ]
 
 
