@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_float_type, check_positive, check_tensor
+from .._validation import check_float_type, check_int, check_positive, check_tensor
 from .base import Recognition
 from .gaussian import GaussianFactor
 
@@ -78,8 +78,7 @@ class DeltaRecognition(Recognition):
         validate: bool = True,
     ) -> None:
         super().__init__(net, name=name, validate=validate)
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         check_float_type(eps, "eps")
         check_positive(eps, "eps")
         self.latent_dim = latent_dim

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributions import Distribution, Normal
 from torch.distributions.utils import broadcast_all
 
-from .._validation import check_finite, check_positive, check_same_device_and_dtype, check_tensor
+from .._validation import check_finite, check_int, check_positive, check_same_device_and_dtype, check_tensor
 from ..normalisers import gaussian_logsumexp
 from ..normalisers.dense import gaussian_pairwise_log_prob
 from .base import Factor, Recognition, use_dense
@@ -260,8 +260,7 @@ class GaussianRecognition(Recognition):
         validate: bool = True,
     ) -> None:
         super().__init__(net, name=name, validate=validate)
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int(latent_dim, "latent_dim", expected="a positive int")
         check_positive(init_scale, "init_scale")
         check_positive(min_scale, "min_scale")
         self.latent_dim = latent_dim
