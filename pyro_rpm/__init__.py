@@ -9,7 +9,18 @@ and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyr
 
 from ._pyro import recognition_cache
 from ._version import __version__
-from .diagnostics import cluster_accuracy, linear_r2, matching_accuracy, mcc, metrics, plots, to_inference_data
+from .diagnostics import (
+    CollapseMonitor,
+    CollapseWarning,
+    cluster_accuracy,
+    factor_spread,
+    linear_r2,
+    matching_accuracy,
+    mcc,
+    metrics,
+    plots,
+    to_inference_data,
+)
 from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
 from .infer import RPM_ELBO
 from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
@@ -89,6 +100,9 @@ __all__ = [
     "gaussian_logsumexp",
     "linear_r2",
     "matching_accuracy",
+    "CollapseMonitor",
+    "CollapseWarning",
+    "factor_spread",
     "load_checkpoint",
     "mcc",
     "metrics",
