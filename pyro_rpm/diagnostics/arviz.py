@@ -47,6 +47,7 @@ import numpy as np
 import pyro
 import torch
 
+from .._optional import require
 from .._pyro import recognition_cache
 from .._validation import check_int
 from ._draws import _draw, _probe
@@ -113,7 +114,7 @@ def to_inference_data(
         >>> az.loo(idata, var_name="x1")      # log-probability of matching view 1 from the others  # doctest: +SKIP
         >>> idata.attrs["psis_khat_pointwise_median"], idata.attrs["elbo"] / x1.shape[0]  # doctest: +SKIP
     """
-    import arviz as az
+    az = require("arviz", "to_inference_data")
 
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
