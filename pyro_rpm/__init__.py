@@ -21,7 +21,7 @@ from .diagnostics import (
     plots,
     to_inference_data,
 )
-from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
+from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior, TrajectoryFactorGuide
 from .infer import RPM_ELBO
 from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
 from .normalisers import Normaliser, gaussian_logsumexp, score_logsumexp
@@ -63,6 +63,7 @@ __all__ = [
     "CategoricalRecognition",
     "Checkpoint",
     "ConjugateGaussianGuide",
+    "TrajectoryFactorGuide",
     "ContrastivePrior",
     "CosineCoupling",
     "Coupling",
