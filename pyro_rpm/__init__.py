@@ -53,7 +53,17 @@ from .recognition import (
     VonMisesFisherRecognition,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
-from .train import Checkpoint, EarlyStopping, FitResult, StepInfo, fit, load_checkpoint, save_checkpoint
+from .train import (
+    Checkpoint,
+    EarlyStopping,
+    FitResult,
+    RestartsResult,
+    StepInfo,
+    fit,
+    fit_restarts,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "AnisotropicRBFCoupling",
@@ -98,6 +108,8 @@ __all__ = [
     "VonMisesFisherRecognition",
     "cluster_accuracy",
     "fit",
+    "fit_restarts",
+    "RestartsResult",
     "gaussian_logsumexp",
     "linear_r2",
     "matching_accuracy",
