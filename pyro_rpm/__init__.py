@@ -9,8 +9,19 @@ and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyr
 
 from ._pyro import recognition_cache
 from ._version import __version__
-from .diagnostics import cluster_accuracy, linear_r2, matching_accuracy, mcc, metrics, plots, to_inference_data
-from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
+from .diagnostics import (
+    CollapseMonitor,
+    CollapseWarning,
+    cluster_accuracy,
+    factor_spread,
+    linear_r2,
+    matching_accuracy,
+    mcc,
+    metrics,
+    plots,
+    to_inference_data,
+)
+from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior, TrajectoryFactorGuide
 from .infer import RPM_ELBO
 from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
 from .normalisers import Normaliser, gaussian_logsumexp, score_logsumexp
@@ -42,7 +53,17 @@ from .recognition import (
     VonMisesFisherRecognition,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
-from .train import Checkpoint, EarlyStopping, FitResult, StepInfo, fit, load_checkpoint, save_checkpoint
+from .train import (
+    Checkpoint,
+    EarlyStopping,
+    FitResult,
+    RestartsResult,
+    StepInfo,
+    fit,
+    fit_restarts,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "AnisotropicRBFCoupling",
@@ -52,6 +73,7 @@ __all__ = [
     "CategoricalRecognition",
     "Checkpoint",
     "ConjugateGaussianGuide",
+    "TrajectoryFactorGuide",
     "ContrastivePrior",
     "CosineCoupling",
     "Coupling",
@@ -86,9 +108,14 @@ __all__ = [
     "VonMisesFisherRecognition",
     "cluster_accuracy",
     "fit",
+    "fit_restarts",
+    "RestartsResult",
     "gaussian_logsumexp",
     "linear_r2",
     "matching_accuracy",
+    "CollapseMonitor",
+    "CollapseWarning",
+    "factor_spread",
     "load_checkpoint",
     "mcc",
     "metrics",

@@ -17,6 +17,8 @@ from typing import Any
 import pyro
 import torch
 
+from .._optional import require
+
 __all__ = ["emit", "loss_figure", "progress", "pyplot", "run_script", "save_figure", "script_parser", "setup"]
 
 
@@ -103,10 +105,9 @@ def emit(result: dict[str, Any]) -> None:
 
 def pyplot():
     """:mod:`matplotlib.pyplot`, imported on first use, on the Agg backend unless one is already chosen."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "saving figures")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "saving figures")
 
     return plt
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Deterministic synthetic data sets (seeded, no downloads), each returned with its true latents."""
 
+from .distracted_video import DistractedVideo, distracted_video
 from .gaussian_pairs import correlated_gaussian_pairs, gaussian_pairs_mi, rho_for_mi
 from .identifiability import (
     InvertibleMLP,
@@ -19,6 +20,7 @@ from .synthetic import two_view_gaussian
 from .timeseries import bouncing_ball_poisson, linear_gaussian_ssm
 
 __all__ = [
+    "DistractedVideo",
     "InvertibleMLP",
     "anisotropic_sphere",
     "anisotropic_sphere_pairs",
@@ -27,6 +29,7 @@ __all__ = [
     "bouncing_ball_poisson",
     "box_laplace_pairs",
     "correlated_gaussian_pairs",
+    "distracted_video",
     "gaussian_pairs_mi",
     "linear_gaussian_ssm",
     "moving_balls",

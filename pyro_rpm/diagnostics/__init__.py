@@ -6,7 +6,13 @@ ArviZ and matplotlib are imported when a function needs them, not with the packa
 
 from . import metrics, plots
 from .arviz import to_inference_data
+from .collapse import CollapseMonitor, CollapseWarning, factor_spread
 from .matching import matching_accuracy
 from .metrics import cluster_accuracy, linear_r2, mcc
 
-__all__ = ["cluster_accuracy", "linear_r2", "matching_accuracy", "mcc", "metrics", "plots", "to_inference_data"]
+__all__ = [
+    "CollapseMonitor",
+    "CollapseWarning",
+    "cluster_accuracy",
+    "factor_spread", "linear_r2", "matching_accuracy", "mcc", "metrics", "plots", "to_inference_data",
+]

@@ -7,7 +7,10 @@ The guide is run under a plate ``_pyro_rpm_draws`` of size S at dimension
 draws this module collects, as NumPy arrays with named dimensions (plate names, or
 ``"<site>_dim_<i>"`` for event dimensions; draws first):
 
-* ``posterior``: the guide's latent sites and the model's ``pyro.deterministic`` sites;
+* ``posterior``: the guide's latent sites, the model's ``pyro.deterministic`` sites, and the model's
+  enumerated discrete latents that the guide does not sample (``infer={"enumerate": "parallel"}``,
+  trained with :class:`~pyro.infer.TraceEnum_ELBO`), drawn from their exact conditional posterior
+  :math:`p(c \mid X, z^{(s)})` by :func:`pyro.infer.infer_discrete` (temperature 1);
 * ``log_likelihood``: :math:`\log p(x \mid z^{(s)})` of every observed site, per datum (for an RPM
   site the categorical log-probability of the observed support index);
 * ``posterior_predictive``: one replicate :math:`x^{(s)} \sim p(x \mid z^{(s)})` per draw, and for
@@ -32,13 +35,14 @@ Log-probabilities are accumulated in float64 on the CPU.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import infer_discrete
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 
@@ -49,6 +53,7 @@ __all__ = [
     "_datum_plate",
     "_deterministic_value",
     "_draw",
+    "_enumerated_sites",
     "_frames",
     "_is_deterministic",
     "_named",
@@ -89,11 +94,30 @@ def _unwrap(fn: Any) -> Any:
     return fn
 
 
+def _enumerated_sites(model_trace: Trace, guide_trace: Trace) -> list[str]:
+    """Model latents marked for enumeration that the guide does not sample (summed out in training)."""
+    return [
+        name
+        for name, site in _sample_sites(model_trace).items()
+        if not site["is_observed"] and site["infer"].get("enumerate") and name not in guide_trace.nodes
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- tracing
 def _trace(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, draws: int | None, nesting: int
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    draws: int | None,
+    nesting: int,
+    enumerated: bool = False,
 ) -> tuple[Trace, Trace]:
-    """Guide trace and replayed model trace, vectorised over ``draws`` at dim -(nesting + 1)."""
+    """Guide trace and replayed model trace, vectorised over ``draws`` at dim -(nesting + 1).
+
+    With ``enumerated``, the model's enumerated latents are drawn from their conditional posterior
+    given the guide's draws (:func:`pyro.infer.infer_discrete`, enumeration dims left of the draws).
+    """
 
     def vectorise(fn: Callable) -> Callable:
         if draws is None:
@@ -106,12 +130,17 @@ def _trace(
         return wrapped
 
     guide_trace = poutine.trace(vectorise(guide)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(vectorise(model), trace=guide_trace)).get_trace(*args, **kwargs)
+    replayed = poutine.replay(vectorise(model), trace=guide_trace)
+    if enumerated:
+        first_dim = -(nesting + (1 if draws is None else 2))
+        replayed = infer_discrete(replayed, first_available_dim=first_dim, temperature=1)
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     return guide_trace, model_trace
 
 
-def _probe(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[int, int, dict]:
-    """One unvectorised run: plate nesting, table entries per draw, and plate coordinates."""
+def _probe(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[int, int, dict, list[str]]:
+    """One unvectorised run: plate nesting, table entries per draw, plate coordinates, and the
+    enumerated latents the guide does not sample."""
     guide_trace, model_trace = _trace(model, guide, args, kwargs, None, 0)
     nesting, elements = 0, 0
     for trace in (guide_trace, model_trace):
@@ -138,7 +167,7 @@ def _probe(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple
         for name, site in model_trace.nodes.items()
         if site["type"] == "sample" and isinstance(site["fn"], _Subsample)
     }
-    return nesting, max(elements, 1), coords
+    return nesting, max(elements, 1), coords, _enumerated_sites(model_trace, guide_trace)
 
 
 # ---------------------------------------------------------------------------------------------- arrays
@@ -236,8 +265,14 @@ def _draw(
     num_samples: int,
     chunk: int,
     nesting: int,
+    enumerated: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Draw ``num_samples`` from the guide in vectorised chunks; collect every group's arrays and dims."""
+    """Draw ``num_samples`` from the guide in vectorised chunks; collect every group's arrays and dims.
+
+    ``enumerated`` names the model's enumerated latents: they are drawn from their conditional
+    posterior and collected in ``posterior``; the importance weights ``log_weight`` are then not
+    collected (they would need log p(X, z) with those latents summed out).
+    """
     group_names = ("posterior", "log_likelihood", "posterior_predictive", "sample_stats")
     parts: dict[str, OrderedDict] = {key: OrderedDict() for key in group_names}
     dims: dict[str, dict[str, list[str]]] = {key: {} for key in (*group_names, "observed_data")}
@@ -251,10 +286,11 @@ def _draw(
     done = 0
     while done < num_samples:
         S = min(chunk, num_samples - done)
-        guide_trace, model_trace = _trace(model, guide, args, kwargs, S, nesting)
+        guide_trace, model_trace = _trace(model, guide, args, kwargs, S, nesting, bool(enumerated))
         guide_sites, model_sites = _sample_sites(guide_trace), _sample_sites(model_trace)
         deterministic = [(n, s) for n, s in model_sites.items() if _is_deterministic(s)]
-        for name, site in list(guide_sites.items()) + deterministic:
+        discrete = [(n, model_sites[n]) for n in enumerated]
+        for name, site in list(guide_sites.items()) + discrete + deterministic:
             if site["infer"].get("is_auxiliary", False) or (site["is_observed"] and not _is_deterministic(site)):
                 continue
             value, event_dim = site["value"], len(site["fn"].event_shape)
@@ -297,6 +333,9 @@ def _draw(
             if datum is not None:
                 pointwise = pointwise - _reduce_to_draws(log_prob, S, datum[1], nesting).cpu()
         collect("sample_stats", "lp", lp.numpy(), [])
+        if enumerated:
+            done += S
+            continue
         collect("sample_stats", "log_weight", (lp - log_q).numpy(), [])
         if datum is not None:
             collect("sample_stats", "pointwise_log_weight", pointwise.numpy(), [datum[0]])

@@ -4,7 +4,11 @@ r"""ArviZ diagnostics for a trained RPM: :func:`to_inference_data`.
 :func:`to_inference_data` draws S latents per datum from the guide, replays the model on them and
 returns an :class:`arviz.InferenceData` (one chain of S independent draws) with the groups
 
-* ``posterior``: the guide's latent sites (and the model's ``pyro.deterministic`` sites);
+* ``posterior``: the guide's latent sites (and the model's ``pyro.deterministic`` sites), and the
+  model's enumerated discrete latents that the guide leaves to :class:`~pyro.infer.TraceEnum_ELBO`,
+  drawn from :math:`p(c \mid X, z)` by :func:`pyro.infer.infer_discrete` (for such a model
+  ``lp`` is :math:`\log p(X, z, c)` at the draw, and ``log_weight``, ``elbo`` and the PSIS
+  :math:`\hat k` are left out: ``attrs["omitted"]`` says so);
 * ``log_likelihood``: for each observed site, the pointwise :math:`\log p(x \mid z)`. For a
   :class:`~pyro_rpm.RecognitionLikelihood` site j this is the categorical log-probability of the
   observed support index,
@@ -43,6 +47,7 @@ import numpy as np
 import pyro
 import torch
 
+from .._optional import require
 from .._pyro import recognition_cache
 from .._validation import check_int
 from ._draws import _draw, _probe
@@ -109,7 +114,7 @@ def to_inference_data(
         >>> az.loo(idata, var_name="x1")      # log-probability of matching view 1 from the others  # doctest: +SKIP
         >>> idata.attrs["psis_khat_pointwise_median"], idata.attrs["elbo"] / x1.shape[0]  # doctest: +SKIP
     """
-    import arviz as az
+    az = require("arviz", "to_inference_data")
 
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
@@ -125,15 +130,15 @@ def to_inference_data(
     history = _history_dataset(elbo_history) if elbo_history is not None else None
 
     with torch.no_grad(), recognition_cache():
-        nesting, elements, plate_coords = _probe(model, guide, args, kwargs)
+        nesting, elements, plate_coords, enumerated = _probe(model, guide, args, kwargs)
         if max_plate_nesting is not None:
             if max_plate_nesting < nesting:
                 raise ValueError(f"max_plate_nesting={max_plate_nesting} but the model nests {nesting} plates")
             nesting = max_plate_nesting
         chunk = draws_per_batch or max(1, min(num_samples, _CHUNK_ELEMENTS // elements))
-        result = _draw(model, guide, args, kwargs, num_samples, chunk, nesting)
+        result = _draw(model, guide, args, kwargs, num_samples, chunk, nesting, enumerated)
         khat = None
-        if psis_particles is not None:
+        if psis_particles is not None and not enumerated:
             khat = _joint_psis_khat(model, guide, args, kwargs, psis_particles, chunk, nesting)
 
     arrays, dims = result["arrays"], result["dims"]
@@ -163,17 +168,24 @@ def to_inference_data(
 
     from .._version import __version__
 
-    log_weight = arrays["sample_stats"]["log_weight"].reshape(-1)
     attrs: dict[str, Any] = {
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
         "pyro_rpm_version": __version__,
         "inference_method": "variational",
         "num_draws": num_samples,
-        "elbo": float(log_weight.mean()),
     }
-    if num_samples > 1:
-        attrs["elbo_se"] = float(log_weight.std(ddof=1) / math.sqrt(num_samples))
+    if enumerated:
+        attrs["enumerated_sites"] = list(enumerated)
+        attrs["omitted"] = (
+            "log_weight, elbo and PSIS: the enumerated latents are drawn from their exact conditional "
+            "posterior (infer_discrete); importance weights would need them summed out"
+        )
+    else:
+        log_weight = arrays["sample_stats"]["log_weight"].reshape(-1)
+        attrs["elbo"] = float(log_weight.mean())
+        if num_samples > 1:
+            attrs["elbo_se"] = float(log_weight.std(ddof=1) / math.sqrt(num_samples))
     if khat is not None:
         attrs["psis_khat"] = khat
         attrs["psis_particles"] = psis_particles

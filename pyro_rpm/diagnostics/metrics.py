@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .._validation import check_int
 
 __all__ = ["cluster_accuracy", "correlation_matrix", "hungarian_match", "linear_r2", "mcc"]
@@ -153,8 +154,8 @@ def linear_r2(
     >>> round(linear_r2(z @ np.array([[2.0, 1.0], [0.0, -1.0]]) + 3.0, z), 6)
     1.0
     """
-    from sklearn.linear_model import LinearRegression
-    from sklearn.metrics import r2_score
+    LinearRegression = require("sklearn.linear_model", "linear_r2").LinearRegression
+    r2_score = require("sklearn.metrics", "linear_r2").r2_score
 
     if multioutput not in ("uniform_average", "variance_weighted", "raw_values"):
         raise ValueError(

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .._validation import check_int
 from .metrics import _as_samples, _to_numpy, linear_r2
 
@@ -28,7 +29,7 @@ __all__ = ["plot_elbo", "plot_latent_scatter", "plot_latent_trajectories", "plot
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _new_axes(num: int, ncols: int | None = None, size: tuple[float, float] = (4.0, 3.2)):
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "pyro_rpm.plots")
 
     ncols = ncols or min(num, 4)
     nrows = -(-num // ncols)
@@ -275,7 +276,7 @@ def plot_latent_trajectories(
     else:
         axes = _given_axes(axes, num_panels)
         fig = axes[0].figure
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "pyro_rpm.plots")
 
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     for d, ax in enumerate(axes):
@@ -351,7 +352,7 @@ def plot_latent_scatter(
             values = values.astype(np.float64)
             if not np.isfinite(values).all():
                 raise ValueError("labels must be finite")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "pyro_rpm.plots")
 
     for ax, (i, j) in zip(axes, pairs):
         if values is None:

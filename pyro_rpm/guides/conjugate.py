@@ -147,19 +147,22 @@ class ConjugateGaussianGuide(nn.Module):
                 if latent in links:
                     links[latent].append(name)
         for name, lik_names in links.items():
-            fn = discovery.sites[name]["fn"]
-            if not isinstance(fn, ConjugateGaussianSequence):
-                raise ValueError(
-                    f"latent site '{name}' has prior {type(fn).__name__}; ConjugateGaussianGuide needs a "
-                    "ConjugateGaussianSequence (GaussianProcessPrior, LinearGaussianStateSpacePrior); pass "
-                    "sites=[...] to guide only those sites and give the others another guide"
-                )
+            self._check_prior(name, discovery.sites[name]["fn"])
             if not lik_names:
                 raise ValueError(
                     f"latent site '{name}' is not observed through any TrajectoryLikelihood; observe it with "
                     "pyro_rpm.likelihood.trajectory.observe_trajectories(name, factors, latent) (the sampled value itself)"
                 )
         return discovery, links
+
+    def _check_prior(self, name: str, fn: Any) -> None:
+        if not isinstance(fn, ConjugateGaussianSequence):
+            raise ValueError(
+                f"latent site '{name}' has prior {type(fn).__name__}; ConjugateGaussianGuide needs a "
+                "ConjugateGaussianSequence (GaussianProcessPrior, LinearGaussianStateSpacePrior); for a prior "
+                "you wrote yourself use pyro_rpm.guides.TrajectoryFactorGuide, or pass sites=[...] to guide only "
+                "the conjugate sites and give the others another guide"
+            )
 
     def _pseudo_observations(self, latent: str, prior, sites: dict, lik_names: list[str]):
         eta1 = precision = None
@@ -176,7 +179,7 @@ class ConjugateGaussianGuide(nn.Module):
             e = gaussian[0] * p
             eta1 = e if eta1 is None else eta1 + e
             precision = p if precision is None else precision + p
-        if self.reference == "marginal":
+        if self.reference == "marginal" and prior is not None:
             e0, p0 = prior.marginal_natural_params()
             J = len(lik_names)
             eta1 = eta1 - J * e0

@@ -4,6 +4,7 @@ r"""Training: :func:`fit` (the loop), its results, checkpoints with exact resume
 from .checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from .fit import fit
 from .optim import FusedAdam, FusedAdamW, FusedSGD, MultiTensorOptim
+from .restarts import RestartsResult, fit_restarts
 from .results import EarlyStopping, FitResult, StepInfo
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "FusedAdamW",
     "FusedSGD",
     "MultiTensorOptim",
+    "RestartsResult",
     "StepInfo",
     "fit",
+    "fit_restarts",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",

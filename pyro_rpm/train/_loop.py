@@ -16,6 +16,7 @@ from typing import Any
 import pyro
 import torch
 
+from ..diagnostics.collapse import CollapseMonitor
 from ._settings import Inputs, Settings
 from ._setup import probe_params, register_params
 from ._state import rng_state, set_rng_state
@@ -35,6 +36,7 @@ class Run:
         self.settings, self.inputs, self.stepper = settings, inputs, stepper
         self.calls = settings.calls  # bound to the training data by setup_params
         self.params: dict[str, torch.Tensor] = {}
+        self.collapse: CollapseMonitor | None = None
         self.base_seed = 0
         self.result = FitResult()
         self.epoch, self.position, self.best_params, self.wait = 0, 0, None, 0
@@ -144,6 +146,7 @@ class Run:
         result, stepper = self.result, self.stepper
         loss = self.calls.per_datum(stepper.step(args, kwargs), idx)
         result.step += 1
+        self._maybe_check_collapse(args, kwargs)
         self.position += 1
         result.losses.append(loss)
         result.lrs.append(stepper.lr())
@@ -165,6 +168,19 @@ class Run:
             self._restore_best()
         self._maybe_checkpoint(stop)
         return stop
+
+    def _maybe_check_collapse(self, args: tuple, kwargs: dict) -> None:
+        """Every ``collapse_check`` steps, warn once if the factors stopped depending on the data."""
+        every = self.settings.collapse_check
+        if every is None or self.result.step % every != 0:
+            return
+        if self.collapse is None:
+            self.collapse = CollapseMonitor(self.settings.model, self.settings.guide, every=every)
+        streams = rng_state()
+        try:
+            self.collapse(self.result.step, *args, **kwargs)
+        finally:
+            set_rng_state(streams)
 
     def _maybe_validate(self, epoch_end: bool) -> tuple[float | None, bool]:
         """Validate when due (every ``validate_every`` steps, else at each epoch end) and track the best

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._validation import resolve_device
+from .._validation import check_optional_int, resolve_device
 from ._calls import InBatchCalls, WholeDataCalls, model_calls
 from ._setup import check_arguments, check_callables, positive_int
 from .data import FitData
@@ -43,6 +43,7 @@ class Settings:
     resume: bool | str
     drop_last: Any
     progress: bool
+    collapse_check: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Inputs:
 def resolve(
     model, guide, *, elbo, validation_elbo, support, steps, epochs, seed, scheduler_interval, validate_every,
     early_stopping, has_validation, callbacks, checkpoint, checkpoint_every, resume, device, drop_last, progress,
+    collapse_check=None,
 ) -> Settings:  # fmt: skip
     """Check fit's arguments (in the order fit always has) and fill in the defaults."""
     elbo, validation_elbo = check_callables(model=model, guide=guide, elbo=elbo, validation_elbo=validation_elbo)
@@ -74,6 +76,7 @@ def resolve(
         epochs=epochs, early_stopping=early_stopping, callbacks=tuple(callbacks), device=resolve_device(device),
         seed=seed, scheduler_interval=scheduler_interval, validate_every=validate_every, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, resume=resume, drop_last=drop_last, progress=progress,
+        collapse_check=check_optional_int(collapse_check, "collapse_check"),
     )  # fmt: skip
 
 

@@ -85,6 +85,7 @@ def fit(
     resume: bool | str = False,
     drop_last: bool = True,
     loader_kwargs: dict | None = None,
+    collapse_check: int | None = 200,
 ) -> FitResult:
     r"""Train ``model`` and ``guide`` on ``data`` by stochastic variational inference.
 
@@ -124,6 +125,11 @@ def fit(
     :param resume: ``True`` resumes from ``checkpoint`` (which must exist), ``"auto"`` resumes when it exists.
     :param bool drop_last: drop each epoch's incomplete last batch.
     :param dict loader_kwargs: extra :class:`~torch.utils.data.DataLoader` arguments for a generic dataset.
+    :param int collapse_check: every this many steps, measure on the step's minibatch whether the
+        recognition factors still tell the points apart (:class:`~pyro_rpm.diagnostics.collapse.CollapseMonitor`,
+        on a copy of the random streams) and warn once with a
+        :class:`~pyro_rpm.diagnostics.collapse.CollapseWarning` if a site's likelihood has become
+        uniform; ``None`` switches it off.
     :returns: a :class:`FitResult`.
 
     Parameters are Pyro's: the networks' tensors registered in the parameter store by the first
@@ -151,6 +157,7 @@ def fit(
         device=device,
         drop_last=drop_last,
         progress=progress,
+        collapse_check=collapse_check,
     )
     inputs = prepare_data(settings, data, validation, batch_size, loader_kwargs)
     stepper = make_stepper(model, guide, settings.elbo, optim, lr, optim_args, lr_scheduler)

@@ -77,3 +77,27 @@ def test_bad_arguments():
         MultiTensorOptim(torch.optim.Adam, [("lr", 0.1)])
     with pytest.raises(ValueError, match="clip_norm"):
         FusedAdam({"lr": 0.1}, clip_norm=0.0)
+
+
+def test_fused_adam_uses_the_fused_kernel_unless_told_otherwise():
+    """torch's Adam on the CPU defaults to a per-tensor loop; FusedAdam asks for the fused kernel
+    (issue 15, defect 2) and steps exactly as torch.optim.Adam(fused=True) does."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 3)
+    w = pyro.param("fused_w", w0.clone())
+    w.grad = torch.ones_like(w)
+    optim = FusedAdam({"lr": 0.1})
+    optim([w])
+    assert optim.optimizer.param_groups[0]["fused"] is True
+    reference = w0.clone().requires_grad_()
+    reference.grad = torch.ones_like(reference)
+    torch.optim.Adam([reference], lr=0.1, fused=True).step()
+    assert torch.equal(w.detach(), reference.detach())
+
+    pyro.clear_param_store()
+    v = pyro.param("foreach_w", w0.clone())
+    v.grad = torch.ones_like(v)
+    chosen = FusedAdam({"lr": 0.1, "foreach": True})
+    chosen([v])
+    assert not chosen.optimizer.param_groups[0]["fused"]
