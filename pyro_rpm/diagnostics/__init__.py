@@ -9,6 +9,7 @@ from .arviz import to_inference_data
 from .collapse import CollapseMonitor, CollapseWarning, factor_spread
 from .matching import matching_accuracy
 from .metrics import cluster_accuracy, linear_r2, mcc
+from .smoothing import lgssm_smooth
 
 __all__ = [
     "CollapseMonitor",
