@@ -15,5 +15,12 @@ __all__ = [
     "CollapseMonitor",
     "CollapseWarning",
     "cluster_accuracy",
-    "factor_spread", "linear_r2", "matching_accuracy", "mcc", "metrics", "plots", "to_inference_data",
+    "factor_spread",
+    "lgssm_smooth",
+    "linear_r2",
+    "matching_accuracy",
+    "mcc",
+    "metrics",
+    "plots",
+    "to_inference_data",
 ]
