@@ -95,7 +95,7 @@ def test_float32_shared_scale_gradient_within_1e_4_of_float64(backend):
     torch.manual_seed(0)
     B, N, D = 64, 500, 4
     worst = 0.0
-    for trial in range(10):
+    for _trial in range(10):
         for s0 in [1e-3, 1e-2, 0.1, 1.0, 10.0]:
             loc = torch.randn(N, D) * 3
             scale = torch.full((D,), s0) * (torch.rand(D) + 0.5)
