@@ -54,7 +54,7 @@ __all__ = [
 #: float64 entries whose rounding bound exceeds ``REFINE_TOL * (|T| + 1)`` are recomputed exactly.
 REFINE_TOL = 2.0**-46
 #: :func:`clamped_logsumexp` floors shifted scores at minus this many nats, per dtype.
-LOGSUMEXP_FLOOR = {torch.float64: 708.0, torch.float32: 100.0, torch.float16: 100.0, torch.bfloat16: 100.0}
+LOGSUMEXP_FLOOR = {torch.float64: 700.0, torch.float32: 80.0, torch.float16: 80.0, torch.bfloat16: 80.0}
 _UNIT_ROUNDOFF_64 = 2.0**-53
 
 
@@ -65,12 +65,12 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     argument below about :math:`-88` (float32) or :math:`-708` (float64) takes the math library's
     slow underflow path (measured about 12x slower per element in float32: ``benchmarks/normaliser.py
     --section clamp``), which an RPM's scores reach within a few hundred training steps. Here
-    :math:`x_i - M` is clamped at :math:`-F` with :math:`F` = :data:`LOGSUMEXP_FLOOR` (100 nats for
-    float32, 708 for float64), *before* ``exp``. A clamped term is replaced by :math:`e^{-F}`
+    :math:`x_i - M` is clamped at :math:`-F` with :math:`F` = :data:`LOGSUMEXP_FLOOR` (80 nats for
+    float32, whose exp is still a normal number, 700 for float64), *before* ``exp``. A clamped term is replaced by :math:`e^{-F}`
     instead of something smaller, so the result exceeds the exact one by at most
-    :math:`n e^{-F} / \sum_i e^{x_i - M} \le n e^{-F}` relative (:math:`e^{-100} \approx 3.7
-    \cdot 10^{-44}` per term in float32, far below its resolution :math:`6\cdot 10^{-8}`; float64
-    :math:`e^{-708} \approx 3\cdot10^{-308}`), and the gradient (the softmax) changes by as little,
+    :math:`n e^{-F} / \sum_i e^{x_i - M} \le n e^{-F}` relative (:math:`e^{-80} \approx 1.8
+    \cdot 10^{-35}` per term in float32, far below its resolution :math:`6\cdot 10^{-8}` for any
+    :math:`n < 10^{27}`; float64 :math:`e^{-700} \approx 10^{-304}`), and the gradient (the softmax) changes by as little,
     in absolute terms. Rows whose maximum is :math:`\pm\infty` (or NaN) follow ``torch.logsumexp``.
 
     :param torch.Tensor x: scores (floating point).
@@ -89,11 +89,12 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def _clamped(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
-    floor = -LOGSUMEXP_FLOOR.get(x.dtype, 100.0)
+    floor = -LOGSUMEXP_FLOOR.get(x.dtype, 80.0)
     # clamp's gradient is zero below the floor: those terms' exact gradient (their softmax weight)
     # is below e^-floor, so the gradient is as accurate as the value.
     shifted = (x - shift).clamp(min=floor)
-    return shifted.exp().sum(dim=dim).log() + shift.squeeze(dim)
+    total = shifted.exp().sum(dim=dim)  # >= 1: the row maximum's term is e^0
+    return total.log() + shift.squeeze(dim)
 
 
 def quadratic_pairwise(z: torch.Tensor, loc: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
