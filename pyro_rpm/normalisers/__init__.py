@@ -59,8 +59,10 @@ import torch
 
 from .._validation import check_finite, check_optional_int, check_positive, check_same_device_and_dtype, check_tensor
 from .choice import BACKENDS, Normaliser
+from .dense import clamped_logsumexp
 from .features import DotFeatures, FeatureMap, GaussianFeatures
 from .fused import fused_available, fused_kernel
+from .refine import refined_logsumexp
 from .screened import screened_logsumexp
 from .streamed import StreamedKernel, chunked_logsumexp
 
@@ -148,25 +150,37 @@ def _logsumexp(
     backend: str,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """Shared driver: flatten leading dims, pick the backend, run it, restore shape and dtype."""
+    """Shared driver: flatten leading dims, pick the backend, run it (refined for float64 Gaussians),
+    restore shape and dtype."""
     lead = x.shape[:-1]
-    q = features.query(x.reshape(-1, x.shape[-1]))
+    flat = x.reshape(-1, x.shape[-1])
+    q = features.query(flat)
     num_rows, num_support = q.shape[0], a.shape[0]
     name = resolve_backend(backend, num_rows * num_support, x.device, q.dtype)
-    if name == "dense" or num_rows == 0:
-        lse = torch.logsumexp(q @ features.keys(a, b).T, dim=-1)
-    elif name == "screened":
-        exact = fused_kernel(x.device) if fused_available(x.device, q.dtype) else StreamedKernel()
-        exact_chunk = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
-        lse = screened_logsumexp(
-            q, a, b, features, exact, fused_kernel(x.device), exact_chunk, chunk_size or _FUSED_CHUNK
-        )
+
+    def run(a_: torch.Tensor, b_: torch.Tensor | None) -> torch.Tensor:
+        return _run(name, q, a_, b_, features, chunk_size, x.device)
+
+    if num_rows and x.dtype == torch.float64 and isinstance(features, GaussianFeatures):
+        lse = refined_logsumexp(flat, q, a, b, features, run)
     else:
-        kernel = StreamedKernel() if name == "streamed" else fused_kernel(x.device)
-        if chunk_size is None:
-            chunk_size = _FUSED_CHUNK if name == "fused" else _streamed_chunk(num_rows)
-        lse = chunked_logsumexp(q, a, b, features, kernel, chunk_size)
+        lse = run(a, b)
     return lse.to(x.dtype).reshape(lead)
+
+
+def _run(name: str, q, a, b, features: FeatureMap, chunk_size: int | None, device: torch.device) -> torch.Tensor:
+    """Row-logsumexp of ``q`` against the support parameters ``a``, ``b`` by the backend ``name``."""
+    num_rows = q.shape[0]
+    if name == "dense" or num_rows == 0:
+        return clamped_logsumexp(q @ features.keys(a, b).T, -1)
+    if name == "screened":
+        exact = fused_kernel(device) if fused_available(device, q.dtype) else StreamedKernel()
+        exact_chunk = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
+        return screened_logsumexp(q, a, b, features, exact, fused_kernel(device), exact_chunk, chunk_size or _FUSED_CHUNK)
+    kernel = StreamedKernel() if name == "streamed" else fused_kernel(device)
+    if chunk_size is None:
+        chunk_size = _FUSED_CHUNK if name == "fused" else _streamed_chunk(num_rows)
+    return chunked_logsumexp(q, a, b, features, kernel, chunk_size)
 
 
 def gaussian_logsumexp(

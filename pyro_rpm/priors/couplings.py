@@ -38,7 +38,7 @@ from .._learnable import set_learnable
 from .._pyro import register_module
 from .._validation import check_int, check_positive
 from ..normalisers import gaussian_logsumexp, score_logsumexp
-from ..normalisers.dense import quadratic_pairwise
+from ..normalisers.dense import clamped_logsumexp, quadratic_pairwise
 from ..recognition.base import Factor, use_dense
 
 __all__ = [
@@ -54,11 +54,11 @@ _COUNTER = itertools.count()
 
 
 def _log_positive(value: float | torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """``log(value)`` expanded to ``shape`` (a fresh tensor), after checking that ``value`` is positive."""
+    """``log(value)`` in float64 expanded to ``shape`` (a fresh tensor), after checking that ``value`` is positive."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     check_positive(value, name)
-    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    tensor = torch.as_tensor(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=torch.float64)
     try:
         tensor = tensor.expand(shape)
     except RuntimeError:
@@ -75,6 +75,46 @@ class Coupling(nn.Module):
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__()
         self.name = name if name is not None else f"{type(self).__name__.lower()}_{next(_COUNTER)}"
+
+    def _set_exact(self, name: str, value64: torch.Tensor, learn: bool) -> None:
+        r"""Register ``value64`` (float64) as parameter/buffer ``name`` in the default dtype, keeping the float64
+        value: while the tensor still holds its initial value, :meth:`_value` and ``.to()`` use the float64
+        one, so a coupling follows the dtype of the model it joins exactly (e.g. ``RBFCoupling(0.1)``:
+        lengthscale 0.1 to float64 rounding in a float64 model, not float32's 0.1)."""
+        if "_exact" not in self.__dict__:
+            self._exact: dict[str, torch.Tensor] = {}
+        self._exact[name] = value64
+        set_learnable(self, name, value64.to(torch.get_default_dtype()), learn)
+
+    def _pristine(self, name: str) -> bool:
+        """Whether ``name`` still holds its initial value (rounded to its dtype)."""
+        tensor = getattr(self, name)
+        source = self._exact[name].to(device=tensor.device, dtype=tensor.dtype)
+        return bool(torch.equal(tensor.detach(), source))
+
+    def _value(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Parameter/buffer ``name`` in ``dtype``: its initial float64 value (rounded to ``dtype``) while
+        untrained, with the gradient still flowing to the stored tensor."""
+        tensor = getattr(self, name)
+        cast = tensor.to(dtype)
+        exact = self.__dict__.get("_exact", {})
+        if name not in exact or dtype == tensor.dtype or torch.finfo(dtype).eps >= torch.finfo(tensor.dtype).eps:
+            return cast
+        if not self._pristine(name):
+            return cast
+        return cast + (exact[name].to(device=cast.device, dtype=dtype) - cast).detach()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``/``.double()``/...: untrained parameters are re-rounded from their float64 initial values."""
+        exact = self.__dict__.get("_exact", {})
+        pristine = [name for name in exact if self._pristine(name)]
+        out = super()._apply(fn, recurse)
+        with torch.no_grad():
+            for name in pristine:
+                tensor = getattr(self, name)
+                if tensor.is_floating_point():
+                    tensor.copy_(exact[name].to(device=tensor.device, dtype=tensor.dtype))
+        return out
 
     def _register(self) -> None:
         if any(True for _ in self.parameters()):
@@ -115,7 +155,7 @@ class Coupling(nn.Module):
         """
         rows = z.numel() // z.shape[-1] if z.shape[-1] else 0
         if use_dense(backend, rows * factors.num_support) or not self.streams:
-            return torch.logsumexp(self.expected_pairwise(z, factors), dim=-1)
+            return clamped_logsumexp(self.expected_pairwise(z, factors), -1)
         self._register()
         return self._streamed_logsumexp(z, factors, backend, chunk_size)
 
@@ -212,7 +252,7 @@ class AnisotropicRBFCoupling(Coupling):
         super().__init__(name=name)
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        set_learnable(self, "log_lengthscale", _log_positive(lengthscale, self._shape(dim), "lengthscale"), learn)
+        self._set_exact("log_lengthscale", _log_positive(lengthscale, self._shape(dim), "lengthscale"), learn)
 
     def _shape(self, dim: int) -> tuple[int, ...]:
         return (dim,)
@@ -226,21 +266,25 @@ class AnisotropicRBFCoupling(Coupling):
         r"""Per-dimension precision :math:`\ell_d^{-2}` of the implied Gaussian :math:`p(z' \mid z)`."""
         return (-2 * self.log_lengthscale).exp()
 
+    def _log_ell(self, dtype: torch.dtype) -> torch.Tensor:
+        r""":math:`\log\ell` in ``dtype`` (the exact initial value while untrained, :meth:`Coupling._value`)."""
+        return self._value("log_lengthscale", dtype)
+
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()
         diff = z - z2
-        return -0.5 * (diff * diff * self.precision.to(z.dtype)).sum(-1)
+        return -0.5 * (diff * diff * (-2 * self._log_ell(z.dtype)).exp()).sum(-1)
 
     def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
         self._register()
-        precision = self.precision.to(z.dtype).expand(z.shape[-1])
+        precision = (-2 * self._log_ell(z.dtype)).exp().expand(z.shape[-1])
         return quadratic_pairwise(z, atoms, precision)
 
     def expected_pairwise(self, z: torch.Tensor, factors: Factor) -> torch.Tensor:
         if not _stochastic_gaussian(factors):
             return self.pairwise(z, factors.mean)
         self._register()
-        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(z.shape[-1])
+        ell2 = (2 * self._log_ell(z.dtype)).exp().expand(z.shape[-1])
         total = ell2 + factors.diagonal_gaussian()[1].pow(2)  # (M, D)
         log_shrink = 0.5 * (ell2.log() - total.log()).sum(-1)  # (M,)
         return quadratic_pairwise(z, factors.diagonal_gaussian()[0], total.reciprocal()) + log_shrink
@@ -251,7 +295,7 @@ class AnisotropicRBFCoupling(Coupling):
         self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
         dim = z.shape[-1]
-        ell2 = (2 * self.log_lengthscale).exp().to(z.dtype).expand(dim)
+        ell2 = (2 * self._log_ell(z.dtype)).exp().expand(dim)
         # log sum_m N(z; mu_m, diag(l^2 + s_m^2)) + D/2 log 2 pi + sum_d log l_d
         constant = 0.5 * dim * math.log(2 * math.pi) + 0.5 * ell2.log().sum()
         if _stochastic_gaussian(factors):
@@ -290,7 +334,7 @@ class CosineCoupling(Coupling):
 
     def __init__(self, temperature: float = 0.1, *, learn: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
-        set_learnable(self, "log_temperature", _log_positive(temperature, (), "temperature"), learn)
+        self._set_exact("log_temperature", _log_positive(temperature, (), "temperature"), learn)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -298,20 +342,20 @@ class CosineCoupling(Coupling):
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()
-        return F.cosine_similarity(z, z2, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+        return F.cosine_similarity(z, z2, dim=-1, eps=1e-8) / self._value("log_temperature", z.dtype).exp()
 
     def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
         self._register()
         zn = F.normalize(z, dim=-1, eps=1e-8)
         an = F.normalize(atoms, dim=-1, eps=1e-8)
-        return zn @ an.transpose(-1, -2) / self.temperature.to(z.dtype)
+        return zn @ an.transpose(-1, -2) / self._value("log_temperature", z.dtype).exp()
 
     streams = True
 
     def _streamed_logsumexp(
         self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
-        query = F.normalize(z, dim=-1, eps=1e-8) / self.temperature.to(z.dtype)
+        query = F.normalize(z, dim=-1, eps=1e-8) / self._value("log_temperature", z.dtype).exp()
         keys = F.normalize(factors.mean, dim=-1, eps=1e-8)
         return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
 
@@ -328,7 +372,7 @@ class LaplaceCoupling(Coupling):
 
     def __init__(self, scale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
-        set_learnable(self, "log_scale", _log_positive(scale, (), "scale"), learn)
+        self._set_exact("log_scale", _log_positive(scale, (), "scale"), learn)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -336,7 +380,7 @@ class LaplaceCoupling(Coupling):
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()
-        return -(z - z2).abs().sum(-1) / self.scale.to(z.dtype)
+        return -(z - z2).abs().sum(-1) / self._value("log_scale", z.dtype).exp()
 
     def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
         self._register()
@@ -344,4 +388,4 @@ class LaplaceCoupling(Coupling):
         flat = z.reshape(-1, z.shape[-1])
         chunk = max(1, (1 << 22) // max(1, flat.shape[0] * z.shape[-1]))
         pieces = [torch.cdist(flat, atoms[i : i + chunk], p=1) for i in range(0, atoms.shape[0], chunk)]
-        return (-torch.cat(pieces, -1) / self.scale.to(z.dtype)).reshape(*lead, atoms.shape[0])
+        return (-torch.cat(pieces, -1) / self._value("log_scale", z.dtype).exp()).reshape(*lead, atoms.shape[0])

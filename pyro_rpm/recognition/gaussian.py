@@ -14,7 +14,7 @@ from torch.distributions.utils import broadcast_all
 
 from .._validation import check_finite, check_int, check_positive, check_same_device_and_dtype, check_tensor
 from ..normalisers import gaussian_logsumexp
-from ..normalisers.dense import gaussian_pairwise_log_prob
+from ..normalisers.dense import gaussian_dense_logsumexp, gaussian_pairwise_log_prob
 from .base import Factor, Recognition, use_dense
 
 __all__ = ['GaussianFactor', 'gaussian_log_partition', 'GaussianRecognition']
@@ -113,15 +113,16 @@ class GaussianFactor(Factor):
     ) -> torch.Tensor:
         r""":math:`\log \sum_m \mathcal N(z; \mu_m, \operatorname{diag} s_m^2)` without the ``(..., M)`` table.
 
-        ``backend="dense"`` (and ``"auto"`` for at most ``2**16`` latent-support pairs) is
-        ``logsumexp(pairwise_log_prob(z))``; otherwise :func:`pyro_rpm.normalisers.gaussian_logsumexp`
+        ``backend="dense"`` (and ``"auto"`` for at most ``2**16`` latent-support pairs) is the
+        logsumexp of the table of :meth:`pairwise_log_prob`, kept in the accumulation dtype and rounded
+        once (:func:`pyro_rpm.normalisers.dense.gaussian_dense_logsumexp`); otherwise :func:`pyro_rpm.normalisers.gaussian_logsumexp`
         streams the support set with exact gradients and :math:`O(B \cdot \text{chunk} + M D)` memory.
         A scale shared by all support points (stride 0 along the support dimension, e.g.
         ``shared_scale=True`` or a :class:`DeltaFactor`) is passed as one ``(D,)`` vector.
         """
         rows = z.numel() // z.shape[-1] if z.dim() and z.shape[-1] else 1
         if use_dense(backend, rows * self.num_support):
-            return torch.logsumexp(self.pairwise_log_prob(z), dim=-1)
+            return gaussian_dense_logsumexp(z, self.loc, self.scale)
         scale = self.scale
         if scale.dim() == 2 and scale.stride(0) == 0:
             scale = scale[0]
