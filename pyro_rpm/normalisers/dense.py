@@ -81,11 +81,10 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         return torch.logsumexp(x, dim=dim)
     shift = x.detach().amax(dim=dim, keepdim=True)
     finite = torch.isfinite(shift)
-    if not bool(finite.all()):
-        # a row of -inf (an empty sum), +inf or NaN: torch's own answer for those rows
-        safe = torch.where(finite, shift, torch.zeros_like(shift))
-        return torch.where(finite.squeeze(dim), _clamped(x, safe, dim), torch.logsumexp(x, dim=dim))
-    return _clamped(x, shift, dim)
+    # A row whose maximum is -inf (an empty sum), +inf or NaN has that maximum as its logsumexp (as
+    # torch.logsumexp gives); selected without a host sync, so torch.compile traces one graph.
+    safe = torch.where(finite, shift, torch.zeros_like(shift))
+    return torch.where(finite.squeeze(dim), _clamped(x, safe, dim), shift.squeeze(dim))
 
 
 def _clamped(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
