@@ -150,7 +150,7 @@ _PYRO_PAGES = {
 }
 
 
-# the modules that docs/source/inference_algos.rst of Pyro documents with automodule
+# the modules that the inference_algos page of Pyro's documentation documents with automodule
 _INFERENCE_ALGOS = (
     "svi elbo trace_elbo tracegraph_elbo traceenum_elbo trace_mean_field_elbo trace_tail_adaptive_elbo "
     "renyi_elbo tracetmc_elbo importance rws smcfilter svgd energy_distance discrete predictive abstract_infer"
