@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 r"""RPM-HMM: recover a hidden Markov chain from the digit images it emits, without a decoder.
 
-Data (rpm-theory.md §9.5, on scikit-learn's 8x8 digits): K = 6 states (the digits 0-5), a
+Data (the MNIST-HMM of Walker et al., 2023, AISTATS, on scikit-learn's 8x8 digits): K = 6 states (the digits 0-5), a
 transition matrix :math:`A_{ij} \propto \exp(-(i - j)^2 / 2)` (an RBF kernel with variance 1 and
 lengthscale 1, rows normalised), a uniform initial state and ONE trajectory
 :math:`s_1, \dots, s_T`; at every step the chain emits a random image of digit :math:`s_t`. The

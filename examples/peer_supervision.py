@@ -5,7 +5,8 @@ Data: scikit-learn's 8x8 digits (:func:`sklearn.datasets.load_digits`, 1797 imag
 pixels scaled to [0, 1], split into training and held-out images (stratified). A data point is a
 pair :math:`(x_1, x_2)` of two *different* training images of the same digit (a fresh random
 pairing at every step, each image shifted by up to one pixel); the labels are never used
-otherwise. This is the discrete RPM of Walker et al. (rpm-theory.md §9.4) on a CPU-sized data set.
+otherwise. This is the discrete RPM of Walker et al. (2023, AISTATS: their MNIST peer-supervision experiment)
+on a CPU-sized data set.
 
 Model (J = 2 views, K = 10 states):
 
