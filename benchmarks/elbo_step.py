@@ -184,9 +184,9 @@ def profile_rpm(step, n_steps: int, top: int) -> None:
 
     rows = {
         "SVI.step (total)": inclusive(("pyro/infer/svi.py", "step")),
-        "guide trace (RecognitionGuide.forward)": inclusive(("pyro_rpm/guides.py", "forward")),
+        "guide trace (RecognitionGuide.forward)": inclusive(("pyro_rpm/guides/recognition.py", "forward")),
         "model replay (model)": inclusive(("benchmarks/elbo_step.py", "model")),
-        "RPM_ELBO._fill_log_probs": inclusive(("pyro_rpm/elbo.py", "_fill_log_probs")),
+        "RPM_ELBO._fill_log_probs": inclusive(("pyro_rpm/infer/elbo.py", "_fill_log_probs")),
         "pyro.module registration (incl. param store)": inclusive(("pyro/primitives.py", "module")),
         "finite checks of recognition inputs/outputs": inclusive(("pyro_rpm/_validation.py", "check_finite")),
         "Pyro validation (check_model_guide_match, check_site_shape)": inclusive(
@@ -194,7 +194,7 @@ def profile_rpm(step, n_steps: int, top: int) -> None:
         ),
         "backward (torch.autograd.backward)": inclusive(("torch/autograd/__init__.py", "backward")),
         "optimizer (PyroOptim/MultiTensorOptim.__call__)": inclusive(
-            ("pyro/optim/optim.py", "__call__"), ("pyro_rpm/optim.py", "__call__")
+            ("pyro/optim/optim.py", "__call__"), ("pyro_rpm/train/optim.py", "__call__")
         ),
         "param store total (pyro/params, exclusive)": exclusive_in("pyro/params/"),
         "poutine messengers (pyro/poutine, exclusive)": exclusive_in("pyro/poutine/"),
