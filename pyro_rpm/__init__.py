@@ -40,6 +40,8 @@ from .recognition import (
     Recognition,
     VonMisesFisherFactor,
     VonMisesFisherRecognition,
+    load_recognition,
+    save_recognition,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
 from .train import Checkpoint, EarlyStopping, FitResult, StepInfo, fit, load_checkpoint, save_checkpoint
@@ -90,6 +92,7 @@ __all__ = [
     "linear_r2",
     "matching_accuracy",
     "load_checkpoint",
+    "load_recognition",
     "mcc",
     "metrics",
     "observe",
@@ -97,6 +100,7 @@ __all__ = [
     "plots",
     "recognition_cache",
     "save_checkpoint",
+    "save_recognition",
     "score_logsumexp",
     "to_inference_data",
     "__version__",
