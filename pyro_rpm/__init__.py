@@ -51,6 +51,8 @@ from .recognition import (
     Recognition,
     VonMisesFisherFactor,
     VonMisesFisherRecognition,
+    load_recognition,
+    save_recognition,
 )
 from .support import FullDataSupport, InBatchSupport, IndexedBankSupport, MemoryBankSupport, Support
 from .train import (
@@ -117,6 +119,7 @@ __all__ = [
     "CollapseWarning",
     "factor_spread",
     "load_checkpoint",
+    "load_recognition",
     "mcc",
     "metrics",
     "observe",
@@ -124,6 +127,7 @@ __all__ = [
     "plots",
     "recognition_cache",
     "save_checkpoint",
+    "save_recognition",
     "score_logsumexp",
     "to_inference_data",
     "__version__",

@@ -8,6 +8,7 @@ family lives in a file of its own with its factor and its recognition module sid
 from .base import Factor, Recognition, cat_factors, use_dense
 from .categorical import CategoricalFactor, CategoricalRecognition
 from .delta import DeltaFactor, DeltaRecognition
+from .encoding import EncoderMixin, load_recognition, save_recognition
 from .gaussian import GaussianFactor, GaussianRecognition, gaussian_log_partition
 from .von_mises_fisher import VonMisesFisherFactor, VonMisesFisherRecognition
 
@@ -16,12 +17,15 @@ __all__ = [
     "CategoricalRecognition",
     "DeltaFactor",
     "DeltaRecognition",
+    "EncoderMixin",
     "Factor",
     "GaussianFactor",
     "GaussianRecognition",
     "Recognition",
     "cat_factors",
     "gaussian_log_partition",
+    "load_recognition",
+    "save_recognition",
     "use_dense",
     "VonMisesFisherFactor",
     "VonMisesFisherRecognition",

@@ -17,6 +17,7 @@ from torch import nn
 from .._pyro import _CACHE, _CALLS, param_store_rollback, register_module
 from .._validation import check_finite, check_tensor
 from ..normalisers import BACKENDS, DENSE_MAX_PAIRS, Normaliser
+from .encoding import EncoderMixin
 
 __all__ = ["POOLINGS", "Factor", "Recognition", "cat_factors", "check_frame_factors", "use_dense"]
 
@@ -216,18 +217,28 @@ class Factor(TorchDistribution):
         r"""``(loc, scale)`` when :math:`f(z \mid x_m) = \mathcal N(z; \mu_m, \operatorname{diag} s_m^2)`, else ``None``."""
         return None
 
+    def embedding(self) -> torch.Tensor:
+        r"""A point summary of each factor, shape ``(M, E)`` (:meth:`Recognition.transform`).
+
+        The default is :attr:`mean`, :math:`\mathbb E_f[z]`; a family whose mean is not the
+        natural embedding overrides it (the mean direction of a von Mises-Fisher factor, the state
+        probabilities of a categorical one).
+        """
+        return self.mean
+
 
 _COUNTER = itertools.count()
 
 
-class Recognition(nn.Module, metaclass=ABCMeta):
+class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
     """The contract of a recognition module: ``forward(x)`` runs ``net`` and turns its output into a :class:`Factor`.
 
     A family implements :attr:`output_size` (the width the network must output) and :meth:`head`
     (network output to factor). The base class checks inputs and outputs, registers the
     parameters with Pyro's store (as :func:`pyro.module` does), shares one evaluation per input
     within :func:`~pyro_rpm.recognition_cache`, and encodes support points without autograd for
-    memory banks (:meth:`encode_detached`).
+    memory banks (:meth:`encode_detached`). The encoder API of a trained module (``encode``,
+    ``transform``, ``save``, ``load``) comes from :class:`~pyro_rpm.recognition.encoding.EncoderMixin`.
 
     :param torch.nn.Module net: the user's network, mapping ``(M, ...)`` inputs to ``(M, H)``.
     :param str name: name under which the parameters enter Pyro's parameter store

@@ -61,6 +61,11 @@ class CategoricalFactor(Factor, dist.Categorical):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return dist.Categorical.log_prob(self, value)
 
+    def embedding(self) -> torch.Tensor:
+        r"""The state probabilities :math:`\operatorname{softmax}(\text{logits})`, shape ``(M, K)``
+        (the mean of the one-hot code of k)."""
+        return self.probs
+
     @classmethod
     def combine(cls, factors, prior=None):
         r"""The normalised product :math:`q(k) \propto \prod_j f_j(k)` (the prior is not needed).

@@ -254,6 +254,10 @@ class VonMisesFisherFactor(Factor):
         r""":math:`\mathbb E z = A_D(\kappa)\mu` (inside the ball, not on the sphere)."""
         return self.mean_resultant_length.unsqueeze(-1) * self.loc
 
+    def embedding(self) -> torch.Tensor:
+        r"""The unit mean direction :math:`\mu`, shape ``(M, D)`` (a point on the sphere, unlike :attr:`mean`)."""
+        return self.loc
+
     def entropy(self) -> torch.Tensor:
         r""":math:`H = -\log C_D(\kappa) - \kappa A_D(\kappa)`."""
         return -self.log_normaliser() - self.concentration * self.mean_resultant_length
