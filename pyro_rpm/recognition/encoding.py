@@ -146,7 +146,8 @@ class EncoderMixin:
 
         :param map_location: passed to :func:`torch.load` (default: the tensors' device in the file, the CPU).
         :raises TypeError: when ``path`` is not a str or path-like.
-        :raises ValueError: for a file that is not a recognition file, or one of another architecture.
+        :raises ValueError: for a file that is not a recognition file, one of another architecture, or
+            one with non-finite values (the module is then unchanged).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
@@ -179,6 +180,9 @@ class EncoderMixin:
                 if part
             )
             raise ValueError(f"{os.fspath(path)!r} holds another architecture than recognition '{self.name}': {detail}")
+        for key, value in saved["state_dict"].items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{os.fspath(path)!r} holds non-finite values in {key!r}; the module is unchanged")
         self.load_state_dict(saved["state_dict"])
         return self
 

@@ -75,6 +75,21 @@ def _build(seed: int, learn_prior: bool = True):
     return model, RecognitionGuide(model, combine="product"), r1, r2
 
 
+class TwoViewModel:
+    """The two-view model as a picklable object (a spawned DDP process unpickles model and guide)."""
+
+    def __init__(self, r1, r2):
+        self.r1, self.r2 = r1, r2
+
+    def __call__(self, x1, x2):
+        f1, f2 = self.r1(x1), self.r2(x2)
+        scale = pyro.param("prior_scale", lambda: x1.new_ones(D), constraint=constraints.positive)
+        with pyro.plate("data", x1.shape[0]):
+            z = pyro.sample("z", dist.Normal(x1.new_zeros(D), scale).to_event(1))
+            observe("x1", f1, z)
+            observe("x2", f2, z)
+
+
 def _trainer(tmp_path, steps: int, **kwargs):
     options = dict(
         max_steps=steps,
@@ -194,6 +209,29 @@ def test_a_checkpoint_restores_the_recognition_weights(tmp_path):
     trainer.fit(resumed, _loader(x1, x2), ckpt_path=path)
     assert torch.equal(seen["weight"], trained["recognitions.r1.net.0.weight"])
     assert trainer.global_step == 13
+
+
+@pytest.mark.slow
+def test_two_spawned_ddp_processes_train_every_parameter(tmp_path):
+    """``strategy="ddp_spawn"`` on 2 CPU processes (gloo): each child starts with an empty parameter
+    store; the module binds its tensors before the first step, so the free ``pyro.param`` (not only the
+    networks) is trained there, and the weights come back to the parent's modules and store."""
+    from pyro_rpm.lightning import RPMModule
+
+    x1, x2 = _data(64)
+    torch.manual_seed(0)
+    r1 = GaussianRecognition(nn.Linear(IN, 2 * D), D, name="r1")
+    r2 = GaussianRecognition(nn.Linear(IN, 2 * D), D, name="r2")
+    model = TwoViewModel(r1, r2)
+    module = RPMModule(model, RecognitionGuide(model, combine="product"), (x1[:B], x2[:B]), lr=1e-2)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = _trainer(tmp_path, 4, devices=2, strategy="ddp_spawn")
+    trainer.fit(module, _loader(x1, x2, shuffle=False))
+    after = module.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before), "a parameter was not trained"
+    assert not torch.equal(before["pyro_params.prior_scale"], after["pyro_params.prior_scale"])
+    assert torch.equal(pyro.param("r1$$$net.weight"), r1.net.weight)
+    assert torch.isfinite(trainer.callback_metrics["loss"])
 
 
 def test_bad_arguments_are_refused_and_leave_the_store_unchanged():

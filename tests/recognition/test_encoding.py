@@ -176,6 +176,14 @@ def test_loading_another_architecture_is_refused_with_the_difference(tmp_path):
         GaussianRecognition(_net(2, hidden=8), 2, shared_scale=True).load(path)
     with pytest.raises(ValueError, match=r"missing from the file: \['prior_eta1', 'prior_precision'\]"):
         GaussianRecognition(_net(4, hidden=8), 2, prior_scale=1.0).load(path)
+    same = GaussianRecognition(_net(4, hidden=8), 2)
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["net.3.bias"][1] = float("inf")
+    torch.save(saved, tmp_path / "inf.pt")
+    kept = {k: v.clone() for k, v in same.state_dict().items()}
+    with pytest.raises(ValueError, match="non-finite values in 'net.3.bias'; the module is unchanged"):
+        same.load(tmp_path / "inf.pt")
+    assert all(torch.equal(kept[k], v) for k, v in same.state_dict().items())
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a pyro_rpm recognition file"):
         wider.load(tmp_path / "other.pt")
