@@ -19,6 +19,7 @@ __all__ = ["main"]
 SCRIPTS = (
     ("examples/two_views.py", "two noisy nonlinear views of a 2-D latent; linear R^2 of the recovered latent"),
     ("examples/lightning_two_views.py", "the two-view RPM through PyTorch Lightning's Trainer; R^2 of held-out embeddings from the encoder API"),
+    ("examples/structure_vs_pairs.py", "whole-sequence RPM priors vs pairwise InfoNCE (+ a fitted smoother) on occluded, distracted pendulum videos"),
     ("examples/infonce_identity.py", "checks numerically that the RPM loss / B equals InfoNCE + log B"),
     ("examples/identifiability.py", "Zimmermann et al.: a matched conditional prior inverts the generator"),
     ("examples/anisotropic.py", "Rusak et al. (AnInfoNCE): a learned anisotropic prior recovers the precisions"),
