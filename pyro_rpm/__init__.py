@@ -8,6 +8,7 @@ and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyr
 """
 
 from ._pyro import recognition_cache
+from ._validation import value_checks
 from ._version import __version__
 from .diagnostics import cluster_accuracy, linear_r2, matching_accuracy, mcc, metrics, plots, to_inference_data
 from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior
@@ -99,5 +100,6 @@ __all__ = [
     "save_checkpoint",
     "score_logsumexp",
     "to_inference_data",
+    "value_checks",
     "__version__",
 ]
