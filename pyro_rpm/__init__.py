@@ -8,6 +8,7 @@ and train with :class:`RecognitionGuide` and :class:`RPM_ELBO` under :class:`pyr
 """
 
 from ._pyro import recognition_cache
+from ._validation import value_checks
 from ._version import __version__
 from .diagnostics import (
     CollapseMonitor,
@@ -130,5 +131,6 @@ __all__ = [
     "save_recognition",
     "score_logsumexp",
     "to_inference_data",
+    "value_checks",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from torch import nn
 
 __all__ = [
     "LatentNames",
+    "ScopedVar",
     "latent_site_name",
     "observed_latent",
     "param_store_rollback",
@@ -30,10 +31,49 @@ __all__ = [
 ]
 
 
-_CACHE: ContextVar[dict | None] = ContextVar("pyro_rpm_recognition_cache", default=None)
+class ScopedVar:
+    """A :class:`~contextvars.ContextVar` that :func:`torch.compile` can read.
+
+    Eagerly it is the context variable (``get``, ``set``, ``reset``). Dynamo cannot trace
+    ``ContextVar.get`` (a graph break), so while :func:`torch.compiler.is_compiling` ``get`` returns
+    the value most recently set or reset in this process instead, which is the same value unless
+    another thread or task is inside its own scope at that moment.
+    """
+
+    def __init__(self, name: str, default: object = None) -> None:
+        self._var: ContextVar = ContextVar(name, default=default)
+        self._latest = default
+
+    def get(self):
+        if torch.compiler.is_compiling():
+            return self._latest
+        return self._var.get()
+
+    def set(self, value: object):
+        previous, self._latest = self._latest, value
+        if torch.compiler.is_compiling():
+            return _CompiledToken(previous)
+        return self._var.set(value)
+
+    def reset(self, token) -> None:
+        if isinstance(token, _CompiledToken):
+            self._latest = token.previous
+            return
+        self._var.reset(token)
+        self._latest = self._var.get()
 
 
-_CALLS: ContextVar[dict | None] = ContextVar("pyro_rpm_recognition_calls", default=None)
+class _CompiledToken:
+    """The token of a :meth:`ScopedVar.set` made while compiling: the value to restore."""
+
+    def __init__(self, previous: object) -> None:
+        self.previous = previous
+
+
+_CACHE: ScopedVar = ScopedVar("pyro_rpm_recognition_cache", default=None)
+
+
+_CALLS: ScopedVar = ScopedVar("pyro_rpm_recognition_calls", default=None)
 
 
 @contextlib.contextmanager
@@ -71,9 +111,9 @@ def register_module(name: str, module: nn.Module) -> None:
         pyro.module(name, module, update_module_params=True)
         return
     registered = cache.setdefault("registered", set())
-    if id(module) not in registered:
+    if module not in registered:  # modules hash by identity (torch.compile cannot guard on id() here)
         pyro.module(name, module, update_module_params=True)
-        registered.add(id(module))
+        registered.add(module)
 
 
 @contextlib.contextmanager
@@ -97,7 +137,7 @@ def param_store_rollback() -> Iterator[None]:
         raise
 
 
-_LATENT_NAMES: ContextVar[LatentNames | None] = ContextVar("pyro_rpm_latent_names", default=None)
+_LATENT_NAMES: ScopedVar = ScopedVar("pyro_rpm_latent_names", default=None)
 
 
 class LatentNames(Messenger):

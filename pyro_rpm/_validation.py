@@ -1,15 +1,44 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Argument checks shared by the package: every failure names the argument."""
+"""Argument checks shared by the package: every failure names the argument.
+
+**Value checks.** A check that reads a tensor's *values* (:func:`check_finite`, and the call sites that
+ask :func:`value_checks_active`) copies a result to the host: a device synchronisation, and a graph
+break under :func:`torch.compile`. Such checks run when all of these hold:
+
+* the :func:`value_checks` mode is ``"always"`` (the default), or ``"once"`` and this
+  (check, shape, dtype, device) structure has not yet passed;
+* Pyro's validation is on (:func:`pyro.enable_validation`, on by default);
+* the code is not being traced by :func:`torch.compile` (:func:`torch.compiler.is_compiling`): a compiled
+  region holds no value checks; they run in eager calls only.
+
+Checks of types, shapes, dtypes and devices read no values and always run (under :func:`torch.compile`
+they run while tracing, i.e. once per structure, and the graph guards on that structure).
+
+**Mixed precision.** Under :func:`torch.autocast` the user's network runs in low precision (bfloat16
+or float16); the package keeps everything after it in full precision: :func:`full_precision_output`
+casts a network's output back to the dtype the network computes in without autocast (its input's
+floating dtype, else its parameters'), and :func:`full_precision_call` runs the factors, likelihoods,
+normalisers and ELBO terms with autocast disabled, so they accumulate in float32 (or float64).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 import torch
+from pyro.infer.util import is_validation_enabled
 
 __all__ = [
+    "AUTOCAST_DEVICES",
+    "VALUE_CHECKS",
+    "mark_checked",
     "resolve_device",
+    "structure",
+    "value_checks",
+    "value_checks_active",
     "check_finite",
     "check_float_type",
     "check_int",
@@ -20,7 +49,44 @@ __all__ = [
     "check_positive_number",
     "check_same_device_and_dtype",
     "check_tensor",
+    "full_precision_call",
+    "full_precision_output",
 ]
+
+_T = TypeVar("_T")
+#: Device types whose autocast :func:`full_precision_call` switches off.
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def full_precision_call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)`` with :func:`torch.autocast` disabled on every device type where it is on.
+
+    Outside autocast it is ``fn(*args, **kwargs)`` with no context entered (nothing for
+    :func:`torch.compile` to trace).
+    """
+    for device_type in AUTOCAST_DEVICES:
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return full_precision_call(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def full_precision_output(output: torch.Tensor, reference: torch.Tensor | torch.dtype) -> torch.Tensor:
+    """``output`` cast up to the floating dtype of ``reference`` when it has fewer bits (e.g. bfloat16 -> float32).
+
+    A network run under :func:`torch.autocast` returns bfloat16/float16; its factors are built in the
+    dtype it computes in without autocast. ``output`` of as many bits or more, or not floating, is
+    returned as it is.
+    """
+    dtype = reference if isinstance(reference, torch.dtype) else reference.dtype
+    if (
+        isinstance(output, torch.Tensor)
+        and output.is_floating_point()
+        and dtype.is_floating_point
+        and torch.finfo(output.dtype).bits < torch.finfo(dtype).bits
+    ):
+        return output.to(dtype)
+    return output
 
 
 def check_tensor(value: object, name: str) -> torch.Tensor:
@@ -30,15 +96,100 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
+#: The modes of :func:`value_checks`.
+VALUE_CHECKS = ("always", "once", "off")
+_MODE = ["always"]
+_PASSED: set[Hashable] = set()  # structures whose value checks passed (mode "once")
+_MAX_PASSED = 65536
+
+
+class value_checks:
+    r"""Set how often the package checks tensor *values* (NaN/Inf, signs); also a context manager.
+
+    * ``"always"`` (default): every eager call checks;
+    * ``"once"``: a check runs until it has passed once for a structure (the check's name with the
+      tensor's shape, dtype and device), then no more for that structure: validation once per
+      structure, not per step;
+    * ``"off"``: no value checks (as ``pyro.enable_validation(False)``, which is honoured too).
+
+    Inside :func:`torch.compile` value checks never run (they would synchronise and break the graph);
+    checks of types, shapes, dtypes and devices always run. ``value_checks("off")`` sets the mode
+    until it is set again; ``with value_checks("once"): ...`` restores the previous mode on exit.
+    Setting a mode forgets the structures that passed.
+
+    :param str mode: one of :data:`VALUE_CHECKS`.
+    :raises ValueError: for another mode.
+
+    Example::
+
+        >>> r = GaussianRecognition(nn.Linear(3, 4), 2, name="doc_value_checks")
+        >>> with pyro_rpm.value_checks("off"):
+        ...     f = r(torch.full((5, 3), float("nan")))  # not checked: the factor holds NaN
+        >>> bool(f.loc.isnan().any()), pyro_rpm.value_checks.mode()
+        (True, 'always')
+    """
+
+    def __init__(self, mode: str) -> None:
+        if not isinstance(mode, str) or mode not in VALUE_CHECKS:
+            raise ValueError(f"mode must be one of {VALUE_CHECKS}, got {mode!r}")
+        self.previous = _MODE[0]
+        _MODE[0] = mode
+        _PASSED.clear()
+
+    def __enter__(self) -> value_checks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _MODE[0] = self.previous
+        _PASSED.clear()
+
+    @staticmethod
+    def mode() -> str:
+        """The current mode."""
+        return _MODE[0]
+
+
+def value_checks_active(key: Hashable | None = None) -> bool:
+    """Whether a check of tensor values runs now (see :func:`value_checks`).
+
+    :param key: the structure checked (mode ``"once"`` skips a key that passed, :func:`mark_checked`);
+        ``None``: a check without a structure, run whenever value checks are on.
+    """
+    if _MODE[0] == "off" or not is_validation_enabled() or torch.compiler.is_compiling():
+        return False
+    return _MODE[0] != "once" or key is None or key not in _PASSED
+
+
+def mark_checked(key: Hashable | None) -> None:
+    """Record that the value check of structure ``key`` passed (used by mode ``"once"``)."""
+    if key is not None and _MODE[0] == "once" and len(_PASSED) < _MAX_PASSED:
+        _PASSED.add(key)
+
+
+def structure(name: str, value: torch.Tensor) -> tuple:
+    """The structure key of a check: its name and the tensor's shape, dtype and device."""
+    return (name, tuple(value.shape), value.dtype, value.device)
+
+
 def check_finite(value: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise :class:`ValueError` naming ``name`` if ``value`` holds a NaN or an infinity."""
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    """Raise :class:`ValueError` naming ``name`` if ``value`` holds a NaN or an infinity.
+
+    A value check: skipped when :func:`value_checks_active` says so (mode ``"off"``, Pyro's validation
+    off, inside :func:`torch.compile`, or mode ``"once"`` and this structure passed already).
+    """
+    if not value.is_floating_point() or value.device.type == "meta":
+        return value
+    key = structure(name, value)
+    if not value_checks_active(key):
+        return value
+    if not bool(torch.isfinite(value).all()):
         n_nan = int(torch.isnan(value).sum())
         n_inf = int(torch.isinf(value).sum())
         raise ValueError(
             f"{name} must be finite, but it contains {n_nan} NaN and {n_inf} infinite values "
             f"(shape {tuple(value.shape)})"
         )
+    mark_checked(key)
     return value
 
 

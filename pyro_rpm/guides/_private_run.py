@@ -31,9 +31,42 @@ def placeholder(fn: Any) -> torch.Tensor:
     with torch.no_grad():
         if hasattr(fn, "placeholder"):
             return fn.placeholder()
+        if torch.compiler.is_compiling():
+            value = _deterministic_placeholder(fn)
+            if value is not None:
+                return value
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=devices):
             return fn.sample()
+
+
+def _deterministic_placeholder(fn: Any) -> torch.Tensor | None:
+    """A value in the support of ``fn`` drawn from no random stream, or ``None`` when there is none at hand.
+
+    Used under :func:`torch.compile`, which cannot trace :func:`torch.random.fork_rng`: the image of
+    zero under ``biject_to(fn.support)`` for a continuous support, else the first value of
+    ``enumerate_support``. (Eagerly the placeholder is a sample drawn under ``fork_rng``.)
+    """
+    try:
+        transform = torch.distributions.biject_to(fn.support)
+        shape = fn.batch_shape + fn.event_shape
+        unconstrained = torch.zeros(transform.inverse_shape(shape), dtype=_float_dtype(fn), device=_device(fn))
+        return transform(unconstrained)
+    except NotImplementedError:
+        pass
+    if getattr(fn, "has_enumerate_support", False):
+        return fn.enumerate_support(expand=True)[0]
+    return None
+
+
+def _float_dtype(fn: Any) -> torch.dtype:
+    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return tensors[0].dtype if tensors else torch.get_default_dtype()
+
+
+def _device(fn: Any) -> torch.device:
+    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor)]
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 class PrivateModelRun(Messenger):

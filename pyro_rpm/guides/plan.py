@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from .._pyro import ScopedVar
 from ..likelihood.recognition import RecognitionLikelihood
 
 __all__ = ["LatentPlan", "PlanMismatch", "locate", "make_plan", "planning", "planning_enabled", "verify_plan"]
 
-_PLANNING: ContextVar[bool] = ContextVar("pyro_rpm_guide_planning", default=False)
+_PLANNING: ScopedVar = ScopedVar("pyro_rpm_guide_planning", default=False)
 
 
 class PlanMismatch(RuntimeError):
@@ -84,6 +84,24 @@ def _is_arange(value: torch.Tensor, size: int) -> bool:
     )
 
 
+def _observes_batch(site: dict, size: int) -> bool:
+    """Whether a likelihood site observes its support in order (value ``arange(size)``, the in-batch support).
+
+    Eagerly the value is compared. :func:`torch.compile` cannot branch on values, so in a compiled region
+    the site must carry ``infer["rpm"]["in_batch"]`` (written by :func:`~pyro_rpm.observe` when it
+    made the default index itself); other sites count as not in order (the plan is then not used).
+    """
+    if not torch.compiler.is_compiling():
+        return _is_arange(site["value"], size)
+    value = site["value"]
+    return (
+        bool(site.get("infer", {}).get("rpm", {}).get("in_batch", False))
+        and isinstance(value, torch.Tensor)
+        and value.dim() == 1
+        and value.shape[0] == size
+    )
+
+
 def make_plan(
     sites: dict[str, dict],
     subsamples: dict[str, torch.Tensor],
@@ -111,9 +129,9 @@ def make_plan(
             return None
         sources = []
         for lik in lik_names:
-            fn, value = sites[lik]["fn"], sites[lik]["value"]
+            fn = sites[lik]["fn"]
             call = calls.get(id(fn.factors))
-            if call is None or fn.num_support != frame.size or not _is_arange(value, fn.num_support):
+            if call is None or fn.num_support != frame.size or not _observes_batch(sites[lik], fn.num_support):
                 return None
             module, x = call
             where = _locator(x, args, kwargs)
@@ -140,10 +158,9 @@ def verify_plan(posterior: Any, model_trace: Any) -> None:
     for lik, planned in factors.items():
         site = model_trace.nodes.get(lik)
         fn = None if site is None else site["fn"]
-        value = None if site is None else site["value"]
         if (
             not isinstance(fn, RecognitionLikelihood)
             or fn.factors is not planned
-            or not _is_arange(value, fn.num_support)
+            or not _observes_batch(site, fn.num_support)
         ):
             raise PlanMismatch(guide)

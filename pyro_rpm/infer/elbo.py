@@ -56,7 +56,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
-from .._validation import check_int
+from .._validation import check_int, full_precision_call, value_checks_active
 from ..guides.plan import PlanMismatch, planning, verify_plan
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
@@ -148,7 +148,8 @@ class RPM_ELBO(Trace_ELBO):
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         guide_trace = poutine.util.prune_subsample_sites(guide_trace)
         model_trace = poutine.util.prune_subsample_sites(model_trace)
-        self._fill_log_probs(model_trace, guide_trace)
+        # Under torch.autocast every term (priors, likelihoods, normalisers, residuals) runs in full precision.
+        full_precision_call(self._fill_log_probs, model_trace, guide_trace)
         if is_validation_enabled():
             for trace in (model_trace, guide_trace):
                 for site in trace.nodes.values():
@@ -290,7 +291,8 @@ class RPM_ELBO(Trace_ELBO):
     # ------------------------------------------------------------------ losses
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
-        if not math.isfinite(loss):
+        # A host sync: skipped inside torch.compile and with value checks off (pyro_rpm.value_checks).
+        if value_checks_active() and not math.isfinite(loss):
             self._raise_non_finite(model_trace, guide_trace)
         return loss, surrogate
 

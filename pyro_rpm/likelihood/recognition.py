@@ -25,6 +25,11 @@ fused exact row-logsumexp with a recomputing backward pass (:mod:`pyro_rpm.norma
 diagonal :math:`\log f(z_b \mid x_{n_b})` directly from the observed points' factors. The table
 :attr:`RecognitionLikelihood.logits` is built only for :meth:`~RecognitionLikelihood.sample` and
 for small problems.
+
+**Mixed precision.** Under :func:`torch.autocast` the table, the diagonal and the normaliser are
+computed with autocast disabled, in the factors' dtype (float32 for a float32 network: a
+:class:`~pyro_rpm.Recognition` casts its network's low-precision output back), so every backend
+accumulates in float32 or better.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ from pyro.distributions.util import broadcast_shape
 from torch.distributions.utils import lazy_property
 
 from .._pyro import rpm_infer
-from .._validation import check_finite, check_same_device_and_dtype, check_tensor
+from .._validation import (
+    check_finite,
+    check_same_device_and_dtype,
+    check_tensor,
+    full_precision_call,
+    value_checks_active,
+)
 from ..normalisers import Normaliser
 from ..recognition.base import Factor, use_dense
 
@@ -121,7 +132,7 @@ class RecognitionLikelihood(TorchDistribution):
     @lazy_property
     def logits(self) -> torch.Tensor:
         r"""Table :math:`\log f(z \mid x_m)`, shape ``batch_shape + (M,)``."""
-        return self.factors.pairwise_log_prob(self.latent)
+        return full_precision_call(self.factors.pairwise_log_prob, self.latent)
 
     @lazy_property
     def log_normaliser(self) -> torch.Tensor:
@@ -131,12 +142,14 @@ class RecognitionLikelihood(TorchDistribution):
         :meth:`~pyro_rpm.recognition.base.Factor.pairwise_logsumexp` with this likelihood's ``backend``.
         """
         if "logits" in self.__dict__:
-            return torch.logsumexp(self.logits, dim=-1)
-        return self.factors.pairwise_logsumexp(self.latent, backend=self.backend, chunk_size=self.chunk_size)
+            return full_precision_call(torch.logsumexp, self.logits, dim=-1)
+        return full_precision_call(
+            self.factors.pairwise_logsumexp, self.latent, backend=self.backend, chunk_size=self.chunk_size
+        )
 
     def _as_index(self, value: torch.Tensor) -> torch.Tensor:
         value = torch.as_tensor(value, device=self.latent.device)
-        if value.is_floating_point():
+        if value.is_floating_point() and value_checks_active():
             if not bool((value == value.round()).all()):
                 raise ValueError("RecognitionLikelihood values must be integer support indices")
         return value.long()
@@ -152,7 +165,7 @@ class RecognitionLikelihood(TorchDistribution):
         if "logits" in self.__dict__ or use_dense(self.backend, self._num_pairs()):
             logits = self.logits.expand(shape + (self.num_support,))
             return logits.gather(-1, value.expand(shape).unsqueeze(-1)).squeeze(-1)
-        return self.factors.index(value).log_prob(self.latent).expand(shape)
+        return full_precision_call(self.factors.index(value).log_prob, self.latent).expand(shape)
 
     def _num_pairs(self) -> int:
         """Number of (latent, support point) pairs of the table."""
@@ -232,6 +245,9 @@ def observe(
         if type(error) not in (TypeError, ValueError):
             raise
         raise type(error)(f"observe('{name}'): {error}") from None  # the same error, naming the site
+    infer = rpm_infer(latent, factors)
+    # the default index, arange(M): guides' plans read this instead of the values under torch.compile
+    infer["rpm"]["in_batch"] = index is None
     if index is None:
         batch = likelihood.batch_shape
         # A trailing batch size of 1 broadcasts against the plate (e.g. an enumerated discrete latent).
@@ -246,7 +262,7 @@ def observe(
         index = torch.as_tensor(index, device=latent.device)
         if index.is_floating_point():
             raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= likelihood.num_support):
+        if index.numel() and value_checks_active() and (int(index.min()) < 0 or int(index.max()) >= likelihood.num_support):
             raise ValueError(
                 f"index must lie in [0, {likelihood.num_support}) (the support set), got range "
                 f"[{int(index.min())}, {int(index.max())}]"
@@ -256,4 +272,4 @@ def observe(
                 f"index has length {index.shape[-1] if index.dim() else 0} but the observed batch has "
                 f"length {likelihood.batch_shape[-1] if len(likelihood.batch_shape) else 0}"
             )
-    return pyro.sample(name, likelihood, obs=index, infer=rpm_infer(latent, factors))
+    return pyro.sample(name, likelihood, obs=index, infer=infer)

@@ -44,7 +44,13 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions.utils import lazy_property
 
 from .._pyro import rpm_infer
-from .._validation import check_finite, check_same_device_and_dtype, check_tensor
+from .._validation import (
+    check_finite,
+    check_same_device_and_dtype,
+    check_tensor,
+    full_precision_call,
+    value_checks_active,
+)
 from ..recognition.base import POOLINGS, Factor, check_frame_factors
 
 __all__ = ["POOLINGS", "TrajectoryLikelihood", "observe_trajectories"]
@@ -133,7 +139,13 @@ class TrajectoryLikelihood(TorchDistribution):
 
     @lazy_property
     def logits(self) -> torch.Tensor:
-        r"""Table :math:`\log f(z_t \mid x')` over the support of each step, shape ``batch + (T, num_support)``."""
+        r"""Table :math:`\log f(z_t \mid x')` over the support of each step, shape ``batch + (T, num_support)``.
+
+        Computed with :func:`torch.autocast` disabled, in the factors' dtype.
+        """
+        return full_precision_call(self._logits)
+
+    def _logits(self) -> torch.Tensor:
         if self.pooling == "ergodic":
             return self.factors.pairwise_log_prob(self.latent)
         N, T = self.num_sequences, self.num_steps
@@ -157,7 +169,7 @@ class TrajectoryLikelihood(TorchDistribution):
 
     def _as_index(self, value: torch.Tensor) -> torch.Tensor:
         value = torch.as_tensor(value, device=self.latent.device)
-        if value.is_floating_point():
+        if value.is_floating_point() and value_checks_active():
             if not bool((value == value.round()).all()):
                 raise ValueError("TrajectoryLikelihood values must be integer support indices")
         return value.long()
@@ -247,7 +259,7 @@ def observe_trajectories(
             raise TypeError(
                 f"sequences must be a 1-D integer tensor, got dtype {sequences.dtype}, shape {tuple(sequences.shape)}"
             )
-        if sequences.numel() and (int(sequences.min()) < 0 or int(sequences.max()) >= N):
+        if sequences.numel() and value_checks_active() and (int(sequences.min()) < 0 or int(sequences.max()) >= N):
             raise ValueError(
                 f"sequences must lie in [0, {N}), got range [{int(sequences.min())}, {int(sequences.max())}]"
             )

@@ -15,7 +15,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 
 from .._pyro import _CACHE, _CALLS, param_store_rollback, register_module
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_tensor, full_precision_call, full_precision_output
 from ..normalisers import BACKENDS, DENSE_MAX_PAIRS, Normaliser
 from .encoding import EncoderMixin
 
@@ -244,7 +244,13 @@ class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
     :param str name: name under which the parameters enter Pyro's parameter store
         (default: the class name and a counter; pass one for stable checkpoints).
     :param bool validate: check inputs and network outputs for NaN/Inf (a clear
-        :class:`ValueError` instead of a silent NaN loss).
+        :class:`ValueError` instead of a silent NaN loss); value checks follow
+        :func:`pyro_rpm.value_checks` (skipped inside :func:`torch.compile`).
+
+    **Mixed precision.** Under :func:`torch.autocast` the network runs in low precision, and its
+    output is cast back to the dtype the network computes in without autocast (the input's floating
+    dtype, else the network's parameters'): :meth:`head`, the factors and everything downstream run
+    with autocast disabled in that dtype (float32 for a float32 network).
     """
 
     def __init__(self, net: nn.Module, *, name: str | None = None, validate: bool = True) -> None:
@@ -294,15 +300,33 @@ class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
     def encode_detached(self, x: torch.Tensor) -> Factor:
         """``self(x)`` without registering parameters or recording autograd (e.g. for bank entries)."""
         with torch.no_grad():
-            return self.head(self.net(x)).detach()
+            return self._head_in_full_precision(self.net(x), x).detach()
+
+    def _head_in_full_precision(self, output: torch.Tensor, x: torch.Tensor) -> Factor:
+        """:meth:`head` of a network output cast to the network's full-precision dtype, autocast disabled.
+
+        The dtype is ``x``'s when ``x`` is floating, else that of the first floating parameter (else
+        torch's default dtype); a bfloat16/float16 output of a network run under :func:`torch.autocast`
+        is cast up to it, so the factors are in full precision.
+        """
+        return full_precision_call(self.head, full_precision_output(output, self._full_dtype(x)))
+
+    def _full_dtype(self, x: torch.Tensor) -> torch.dtype:
+        if x.is_floating_point():
+            return x.dtype
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
     def forward(self, x: torch.Tensor) -> Factor:
         cache = _CACHE.get()
-        key = (id(self), id(x), getattr(x, "_version", 0))
-        if cache is not None and key in cache:
-            factor = cache[key][1]
-            self._log_call(factor, x)
-            return factor
+        # One entry per module, keyed by the input tensor itself (tensors hash by identity), which
+        # torch.compile can trace (it can read neither id() of a traced tensor nor its version).
+        entries = None if cache is None else cache.setdefault(self, {})
+        if entries is not None and x in entries:
+            version, factor = entries[x]
+            # eagerly, the version counter guards against in-place edits of x within the scope
+            if torch.compiler.is_compiling() or version == getattr(x, "_version", 0):
+                self._log_call(factor, x)
+                return factor
         check_tensor(x, f"inputs to recognition '{self.name}'")
         # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
         if self.validate and x.device.type != "meta":
@@ -311,9 +335,9 @@ class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
         with param_store_rollback():
             register_module(self.name, self)
             output = self._network_output(x)
-            factor = self.head(output)
-        if cache is not None:
-            cache[key] = (x, factor)
+            factor = full_precision_call(self.head, output)
+        if entries is not None:
+            entries[x] = (0 if torch.compiler.is_compiling() else getattr(x, "_version", 0), factor)
         self._log_call(factor, x)
         return factor
 
@@ -330,6 +354,7 @@ class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
             raise ValueError(
                 f"the network of recognition '{self.name}' must output a last dimension of size {expected}, got {got}"
             )
+        output = full_precision_output(output, self._full_dtype(x))  # a bfloat16/float16 output under autocast
         # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
         if self.validate and output.device.type != "meta":
             check_finite(output, f"network output of recognition '{self.name}'")

@@ -87,4 +87,4 @@ class FullDataSupport(Support):
             )
         if r.validate:
             check_finite(output, f"network output of recognition '{r.name}'")
-        return r.head(output)
+        return r._head_in_full_precision(output, self.data)
