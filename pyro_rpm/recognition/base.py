@@ -328,6 +328,11 @@ class Recognition(EncoderMixin, nn.Module, metaclass=ABCMeta):
                 self._log_call(factor, x)
                 return factor
         check_tensor(x, f"inputs to recognition '{self.name}'")
+        if x.dim() >= 1 and x.shape[0] == 0:
+            raise ValueError(
+                f"inputs to recognition '{self.name}' are an empty batch (shape {tuple(x.shape)}); an RPM needs "
+                "at least 2 data points per call (the support set); check the data loader or the batch indices"
+            )
         # Meta tensors (shape-only, e.g. a simulated second device) hold no values to check.
         if self.validate and x.device.type != "meta":
             check_finite(x, f"inputs to recognition '{self.name}'")

@@ -712,6 +712,13 @@ def network_input_width_mismatch():
     return Bad(lambda: svi.step(x1[:, :3], x2), (r1, r2), (optim,))
 
 
+def empty_batch():
+    r1, r2, model = _two_view()
+    svi, optim = _svi(model)
+    x1, x2 = _data()
+    return Bad(lambda: svi.step(x1[:0], x2[:0]), (r1, r2), (optim,))
+
+
 def site_name_not_a_string():
     r1 = _recognition("r1")
     x1, _ = _data()
@@ -861,6 +868,7 @@ CATALOGUE = [
     # kinds of issue 14, item 7
     case(integer_data_for_a_float_network, TypeError, r"inputs to recognition 'r1' have dtype torch.int64 but its network computes in torch.float32", "int-data-float-net"),
     case(network_input_width_mismatch, ValueError, r"inputs to recognition 'r1' of shape \(8, 3\) do not fit its network", "net-input-width"),
+    case(empty_batch, ValueError, r"inputs to recognition 'r1' are an empty batch \(shape \(0, 5\)\)", "empty-batch"),
     case(site_name_not_a_string, TypeError, r"observe: name must be a str", "site-name-not-str"),
     case(boolean_mask_as_index, TypeError, r"observe\('x1'\): index must be an integer tensor .* boolean", "bool-mask-index"),
     case(contrastive_anchor_of_the_wrong_width, ValueError, r"anchor must end with the factors' latent dimension \(2,\)", "anchor-width"),
