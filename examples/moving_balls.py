@@ -208,6 +208,8 @@ def save_frames_figure(path, frames, truth, predictions, diameter) -> str:
         for k in range(NUM_BALLS):
             ax.add_patch(plt.Circle(truth[t, k], diameter / 2, fill=False, color="y", lw=1))
             for name, (marker, colour) in markers.items():
+                if name not in predictions:
+                    continue
                 x, y = predictions[name][t].reshape(NUM_BALLS, 2)[k]
                 ax.plot(x, y, marker, color=colour, ms=8, mew=1.5, label=f"decoded ({name})" if k == 0 else None)
         ax.set_title(f"frame {t}", fontsize=9)
