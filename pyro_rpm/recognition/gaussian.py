@@ -208,7 +208,13 @@ class GaussianFactor(Factor):
 
 
 def _check_scale(scale: torch.Tensor) -> None:
-    """Raise :class:`ValueError` unless every scale is finite and strictly positive (torch's own check lets inf pass)."""
+    """Raise :class:`ValueError` unless every scale is finite and strictly positive (torch's own check lets inf pass).
+
+    A value check: skipped where :func:`~pyro_rpm._validation.value_checks_active` says so (inside
+    ``torch.compile``, mode ``"off"``, Pyro's validation off).
+    """
+    if not value_checks_active():
+        return
     bad = ~(torch.isfinite(scale) & (scale > 0))
     if bool(bad.any()):
         raise ValueError(
