@@ -19,6 +19,8 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from .._validation import capturing
+
 __all__ = ["PrivateModelRun", "placeholder", "sample_in_model_plates"]
 
 
@@ -31,7 +33,7 @@ def placeholder(fn: Any) -> torch.Tensor:
     with torch.no_grad():
         if hasattr(fn, "placeholder"):
             return fn.placeholder()
-        if torch.compiler.is_compiling():
+        if capturing():
             value = _deterministic_placeholder(fn)
             if value is not None:
                 return value
