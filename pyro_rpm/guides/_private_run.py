@@ -61,13 +61,23 @@ def _deterministic_placeholder(fn: Any) -> torch.Tensor | None:
     return None
 
 
+def _tensors(fn: Any) -> list[torch.Tensor]:
+    """The tensors a distribution holds, looking through wrappers (``Independent``, ``MaskedDistribution``)."""
+    while True:
+        tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor)]
+        base = getattr(fn, "base_dist", None)
+        if tensors or base is None:
+            return tensors
+        fn = base
+
+
 def _float_dtype(fn: Any) -> torch.dtype:
-    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    tensors = [v for v in _tensors(fn) if v.is_floating_point()]
     return tensors[0].dtype if tensors else torch.get_default_dtype()
 
 
 def _device(fn: Any) -> torch.device:
-    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor)]
+    tensors = _tensors(fn)
     return tensors[0].device if tensors else torch.device("cpu")
 
 

@@ -79,7 +79,7 @@ from .._pyro import param_store_rollback
 from .._validation import check_int, graph_capture
 from .elbo import RPM_ELBO
 
-__all__ = ["BACKENDS", "CompileFallbackWarning", "JitRPM_ELBO"]
+__all__ = ["BACKENDS", "CompileFallbackWarning", "JitRPM_ELBO", "as_compiled"]
 
 #: The replay backends of :class:`JitRPM_ELBO`.
 BACKENDS = ("fx", "inductor")
@@ -174,6 +174,7 @@ def _same_meta(a: Any, b: Any) -> bool:
         isinstance(va, torch.Tensor)
         and isinstance(vb, torch.Tensor)
         and va.shape == vb.shape
+        and va.stride() == vb.stride()
         and va.dtype == vb.dtype
         and va.device == vb.device
         and va.requires_grad == vb.requires_grad
@@ -318,7 +319,8 @@ class JitRPM_ELBO(RPM_ELBO):
     :param float check_rtol: relative tolerance of that comparison.
     :param int max_graphs: structures kept at once (least recently used dropped first).
 
-    :attr:`stats` counts the ``eager``, ``traced`` and ``replayed`` steps and the ``fallbacks``.
+    :attr:`stats` counts the ``eager``, ``traced`` and ``replayed`` steps and the ``fallbacks``;
+    :attr:`last_error` holds the exception that stopped the last failed recording.
     """
 
     def __init__(
@@ -352,6 +354,8 @@ class JitRPM_ELBO(RPM_ELBO):
         self._graphs: OrderedDict[Hashable, Any] = OrderedDict()
         self._warned: set[str] = set()
         self.stats = {"eager": 0, "traced": 0, "replayed": 0, "fallbacks": 0}
+        #: the exception that stopped the last failed recording (its traceback shows where), or ``None``
+        self.last_error: BaseException | None = None
 
     # ------------------------------------------------------------------ structure
     def _key(self, model, guide, args: tuple, kwargs: dict) -> tuple[Hashable | None, list[torch.Tensor]]:
@@ -472,7 +476,8 @@ class JitRPM_ELBO(RPM_ELBO):
             if not surrogate.requires_grad:
                 raise _Unrecordable("the loss depends on no parameter")
             # the value of the loss with the gradient of the surrogate, as Trace_ELBO.differentiable_loss
-            return loss.detach(), loss.to(surrogate.dtype) + (surrogate - surrogate.detach())
+            value = loss.detach()
+            return value, value.to(surrogate.dtype) + (surrogate - surrogate.detach())
 
         if any(t.requires_grad for t in tensors):
             self._warn_once("an argument requires grad; the graph differentiates the parameters only")
@@ -486,6 +491,7 @@ class JitRPM_ELBO(RPM_ELBO):
             self._warn_once(str(reason))
             return None
         except Exception as error:  # data-dependent control flow and anything else make_fx cannot follow
+            self.last_error = error
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self._warn_once(f"recording failed: {type(error).__name__}: {first[:300]}")
             return None
@@ -533,6 +539,7 @@ class JitRPM_ELBO(RPM_ELBO):
             value, loss = graph.run(tensors)
             grads = torch.autograd.grad(loss, graph.params, allow_unused=True)
         eager_value, surrogate = self._surrogate(model, guide, args, kwargs)
+        eager_value = eager_value.detach()
         eager_grads = torch.autograd.grad(surrogate, graph.params, allow_unused=True, retain_graph=True)
         self.stats["eager"] += 1
         same = math.isclose(float(value), float(eager_value), rel_tol=self.check_rtol, abs_tol=self.check_rtol)
@@ -550,7 +557,6 @@ class JitRPM_ELBO(RPM_ELBO):
                 CompileFallbackWarning,
                 stacklevel=4,
             )
-        eager_value = eager_value.detach()
         return eager_value, eager_value.to(surrogate.dtype) + (surrogate - surrogate.detach())
 
     def _announce(self, graph: _Graph) -> None:
@@ -603,3 +609,36 @@ class JitRPM_ELBO(RPM_ELBO):
 
 class _Unrecordable(Exception):
     """A reason, found while recording, why the step cannot be a graph."""
+
+
+def as_compiled(elbo: Any, compile: bool | str = True) -> JitRPM_ELBO:
+    """The :class:`JitRPM_ELBO` with the settings of ``elbo`` (``None``: the defaults), for ``fit(compile=...)``.
+
+    :param elbo: ``None``, an :class:`~pyro_rpm.RPM_ELBO` or a :class:`JitRPM_ELBO` (returned as it is).
+    :param compile: ``True`` (backend ``"fx"``) or a backend name of :data:`BACKENDS`.
+    :raises ValueError: for another ELBO (only RPM_ELBO steps can be recorded) or backend.
+    """
+    backend = "fx" if compile is True else compile
+    if backend not in BACKENDS:
+        raise ValueError(f"compile must be True, False or one of {BACKENDS}, got {compile!r}")
+    if isinstance(elbo, JitRPM_ELBO):
+        return elbo
+    if elbo is None:
+        return JitRPM_ELBO(backend=backend)
+    if type(elbo) is not RPM_ELBO:
+        raise ValueError(
+            f"compile= records RPM_ELBO steps; the elbo given is a {type(elbo).__name__} (pass compile=False, "
+            "or an RPM_ELBO / JitRPM_ELBO)"
+        )
+    return JitRPM_ELBO(
+        elbo.num_particles,
+        elbo.max_plate_nesting,
+        elbo.vectorize_particles,
+        estimator=elbo.estimator,
+        reference=elbo.reference,
+        backend=backend,
+        retain_graph=elbo.retain_graph,
+        strict_enumeration_warning=elbo.strict_enumeration_warning,
+        ignore_jit_warnings=elbo.ignore_jit_warnings,
+        jit_options=elbo.jit_options,
+    )
