@@ -23,7 +23,7 @@ from .diagnostics import (
     to_inference_data,
 )
 from .guides import ConjugateGaussianGuide, RecognitionGuide, TiedPosterior, TrajectoryFactorGuide
-from .infer import RPM_ELBO
+from .infer import RPM_ELBO, JitRPM_ELBO
 from .likelihood import RecognitionLikelihood, TrajectoryLikelihood, observe, observe_trajectories
 from .normalisers import Normaliser, gaussian_logsumexp, score_logsumexp
 from .priors import (
@@ -91,6 +91,7 @@ __all__ = [
     "GaussianRecognition",
     "HMMPrior",
     "InBatchSupport",
+    "JitRPM_ELBO",
     "IndexedBankSupport",
     "LaplaceCoupling",
     "LinearGaussianStateSpacePrior",

@@ -8,8 +8,9 @@ break under :func:`torch.compile`. Such checks run when all of these hold:
 * the :func:`value_checks` mode is ``"always"`` (the default), or ``"once"`` and this
   (check, shape, dtype, device) structure has not yet passed;
 * Pyro's validation is on (:func:`pyro.enable_validation`, on by default);
-* the code is not being traced by :func:`torch.compile` (:func:`torch.compiler.is_compiling`): a compiled
-  region holds no value checks; they run in eager calls only.
+* the code is not being traced by :func:`torch.compile` (:func:`torch.compiler.is_compiling`) nor recorded
+  into a graph by :class:`~pyro_rpm.JitRPM_ELBO` (:func:`capturing`): a compiled region holds no value
+  checks; they run in eager calls only.
 
 Checks of types, shapes, dtypes and devices read no values and always run (under :func:`torch.compile`
 they run while tracing, i.e. once per structure, and the graph guards on that structure).
@@ -23,9 +24,10 @@ normalisers and ELBO terms with autocast disabled, so they accumulate in float32
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -34,6 +36,8 @@ from pyro.infer.util import is_validation_enabled
 __all__ = [
     "AUTOCAST_DEVICES",
     "VALUE_CHECKS",
+    "capturing",
+    "graph_capture",
     "mark_checked",
     "resolve_device",
     "structure",
@@ -56,6 +60,32 @@ __all__ = [
 _T = TypeVar("_T")
 #: Device types whose autocast :func:`full_precision_call` switches off.
 AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+_CAPTURING = [0]  # depth of graph_capture() scopes
+
+
+@contextlib.contextmanager
+def graph_capture() -> Iterator[None]:
+    """Mark the code run inside as being recorded into a graph (:class:`~pyro_rpm.JitRPM_ELBO` tracing).
+
+    While it is open :func:`capturing` is true: value checks are skipped and the package takes the
+    branches that read no tensor values (as under :func:`torch.compile`).
+    """
+    _CAPTURING[0] += 1
+    try:
+        yield
+    finally:
+        _CAPTURING[0] -= 1
+
+
+def capturing() -> bool:
+    """Whether the code runs under :func:`torch.compile` tracing or a :func:`graph_capture` scope.
+
+    Code that would read a tensor's values to choose a branch (a host synchronisation, and an error while
+    a graph is recorded) takes its value-free branch when this is true.
+    """
+    return _CAPTURING[0] > 0 or torch.compiler.is_compiling()
 
 
 def full_precision_call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -155,7 +185,7 @@ def value_checks_active(key: Hashable | None = None) -> bool:
     :param key: the structure checked (mode ``"once"`` skips a key that passed, :func:`mark_checked`);
         ``None``: a check without a structure, run whenever value checks are on.
     """
-    if _MODE[0] == "off" or not is_validation_enabled() or torch.compiler.is_compiling():
+    if _MODE[0] == "off" or not is_validation_enabled() or capturing():
         return False
     return _MODE[0] != "once" or key is None or key not in _PASSED
 

@@ -87,6 +87,7 @@ def run_demo(
     n: int | None = None,
     lr: float | None = None,
     progress: bool = True,
+    compile: bool | str = False,
 ) -> dict[str, Any]:
     r"""Train the two-view RPM on synthetic data and measure latent recovery.
 
@@ -101,6 +102,8 @@ def run_demo(
         geometrically to a tenth of that by the last step (:class:`pyro.optim.ClippedAdam` with
         ``lrd`` :math:`= 0.1^{1/\text{steps}}`); ``quick`` keeps it constant (:class:`pyro.optim.Adam`).
     :param bool progress: show a tqdm progress bar with the running loss.
+    :param compile: ``True`` (or a backend, ``"fx"``/``"inductor"``): train with
+        :class:`~pyro_rpm.JitRPM_ELBO` (the step recorded once and replayed) instead of :class:`~pyro_rpm.RPM_ELBO`.
     :returns: a dict with ``r2`` (linear :math:`R^2` of the true latent from the posterior means),
         ``lr_decay`` (final over initial learning rate),
         ``seconds`` (wall time of the whole run), ``final_loss`` (mean loss per datum over the last
@@ -150,7 +153,13 @@ def run_demo(
         optim = pyro.optim.Adam({"lr": settings["lr"]})
     else:  # lr * lrd**step: lr * lr_decay at the last step
         optim = pyro.optim.ClippedAdam({"lr": settings["lr"], "lrd": settings["lr_decay"] ** (1 / num_steps)})
-    svi = pyro.infer.SVI(model, guide, optim, RPM_ELBO())
+    if compile:
+        from ..infer.compiled import as_compiled
+
+        elbo = as_compiled(None, compile)
+    else:
+        elbo = RPM_ELBO()
+    svi = pyro.infer.SVI(model, guide, optim, elbo)
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     losses: list[float] = []
@@ -275,6 +284,9 @@ def build_parser(prog: str | None = None):
         help="folder for the PNG figures, created if missing (default outputs/ in the current folder)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--compile", action="store_true", help="train with JitRPM_ELBO (the step recorded once and replayed)"
+    )
     return parser
 
 
@@ -294,6 +306,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             n=args.n,
             lr=args.lr,
             progress=not args.no_progress,
+            compile=args.compile,
         )
     except ValueError as error:
         parser.error(str(error))

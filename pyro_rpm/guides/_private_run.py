@@ -19,6 +19,8 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from .._validation import capturing
+
 __all__ = ["PrivateModelRun", "placeholder", "sample_in_model_plates"]
 
 
@@ -31,7 +33,7 @@ def placeholder(fn: Any) -> torch.Tensor:
     with torch.no_grad():
         if hasattr(fn, "placeholder"):
             return fn.placeholder()
-        if torch.compiler.is_compiling():
+        if capturing():
             value = _deterministic_placeholder(fn)
             if value is not None:
                 return value
@@ -59,13 +61,23 @@ def _deterministic_placeholder(fn: Any) -> torch.Tensor | None:
     return None
 
 
+def _tensors(fn: Any) -> list[torch.Tensor]:
+    """The tensors a distribution holds, looking through wrappers (``Independent``, ``MaskedDistribution``)."""
+    while True:
+        tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor)]
+        base = getattr(fn, "base_dist", None)
+        if tensors or base is None:
+            return tensors
+        fn = base
+
+
 def _float_dtype(fn: Any) -> torch.dtype:
-    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    tensors = [v for v in _tensors(fn) if v.is_floating_point()]
     return tensors[0].dtype if tensors else torch.get_default_dtype()
 
 
 def _device(fn: Any) -> torch.device:
-    tensors = [v for v in vars(fn).values() if isinstance(v, torch.Tensor)]
+    tensors = _tensors(fn)
     return tensors[0].device if tensors else torch.device("cpu")
 
 

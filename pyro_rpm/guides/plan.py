@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._pyro import ScopedVar
+from .._validation import capturing
 from ..likelihood.recognition import RecognitionLikelihood
 
 __all__ = ["LatentPlan", "PlanMismatch", "locate", "make_plan", "planning", "planning_enabled", "verify_plan"]
@@ -91,7 +92,7 @@ def _observes_batch(site: dict, size: int) -> bool:
     the site must carry ``infer["rpm"]["in_batch"]`` (written by :func:`~pyro_rpm.observe` when it
     made the default index itself); other sites count as not in order (the plan is then not used).
     """
-    if not torch.compiler.is_compiling():
+    if not capturing():
         return _is_arange(site["value"], size)
     value = site["value"]
     return (

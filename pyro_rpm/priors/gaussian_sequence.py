@@ -29,7 +29,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 
-from .._validation import check_finite, check_tensor
+from .._validation import capturing, check_finite, check_tensor
 
 __all__ = ["ConjugateGaussianSequence", "DenseGaussianTrajectory", "check_pseudo_observations"]
 
@@ -102,7 +102,7 @@ def check_pseudo_observations(
                 f"{reference.device}; convert one of them"
             )
         check_finite(value, name)
-    if bool((precision < 0).any()):
+    if not capturing() and bool((precision < 0).any()):
         raise ValueError(f"precision (of the pseudo-observations) must be >= 0, got min {precision.min().item():.3g}")
     eta1, precision = torch.broadcast_tensors(eta1, precision)
     return eta1, precision
@@ -142,7 +142,7 @@ class DenseGaussianTrajectory(ConjugateGaussianSequence):
     def from_natural(cls, eta: torch.Tensor, precision: torch.Tensor, num_steps: int) -> DenseGaussianTrajectory:
         r"""From natural parameters :math:`\eta = \Omega\mu` (``(..., TD)``) and precision :math:`\Omega` (``(..., TD, TD)``)."""
         tril, info = torch.linalg.cholesky_ex(precision)
-        if bool((info != 0).any()):
+        if not capturing() and bool((info != 0).any()):  # a host sync: not while a graph is recorded
             raise ValueError(f"the posterior precision is not positive definite in {precision.dtype}")
         loc = torch.cholesky_solve(eta.unsqueeze(-1), tril).squeeze(-1)
         return cls(loc.unflatten(-1, (num_steps, -1)), tril, validate_args=False)

@@ -64,7 +64,7 @@ from torch import nn
 
 from .._learnable import set_learnable
 from .._pyro import register_module
-from .._validation import check_finite, check_float_type, check_int, check_positive, check_tensor
+from .._validation import capturing, check_finite, check_float_type, check_int, check_positive, check_tensor
 from .gaussian_sequence import ConjugateGaussianSequence, check_pseudo_observations
 from .kernels import Kernel, make_kernel
 
@@ -88,14 +88,14 @@ def check_times(times: torch.Tensor | int, name: str = "times") -> torch.Tensor:
     if times.dim() < 1 or times.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (..., T) with T >= 1, got {tuple(times.shape)}")
     check_finite(times, name)
-    if times.shape[-1] > 1 and not bool((times[..., 1:] > times[..., :-1]).all()):
+    if times.shape[-1] > 1 and not capturing() and not bool((times[..., 1:] > times[..., :-1]).all()):
         raise ValueError(f"{name} must be strictly increasing along the last dimension (sorted, no repeats)")
     return times
 
 
 def _cholesky(matrix: torch.Tensor, what: str) -> torch.Tensor:
     factor, info = torch.linalg.cholesky_ex(matrix)
-    if bool((info != 0).any()):
+    if not capturing() and bool((info != 0).any()):  # a host sync: not while a graph is recorded
         raise ValueError(
             f"{what} is not positive definite in {matrix.dtype}; increase jitter, shorten the lengthscale or "
             "use float64 times"
