@@ -154,9 +154,9 @@ def run_demo(
     else:  # lr * lrd**step: lr * lr_decay at the last step
         optim = pyro.optim.ClippedAdam({"lr": settings["lr"], "lrd": settings["lr_decay"] ** (1 / num_steps)})
     if compile:
-        from ..infer.compiled import as_compiled
+        from ..infer.compiled import JitRPM_ELBO
 
-        elbo = as_compiled(None, compile)
+        elbo = JitRPM_ELBO(backend="fx" if compile is True else compile)
     else:
         elbo = RPM_ELBO()
     svi = pyro.infer.SVI(model, guide, optim, elbo)

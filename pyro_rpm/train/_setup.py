@@ -20,7 +20,7 @@ from torch import nn
 
 from ._state import rng_state, set_rng_state
 
-__all__ = ["check_arguments", "check_callables", "positive_int", "probe_params", "register_params"]
+__all__ = ["as_compiled", "check_arguments", "check_callables", "positive_int", "probe_params", "register_params"]
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -130,3 +130,39 @@ def check_arguments(
     if resume and checkpoint is None:
         raise ValueError("resume needs checkpoint= (the file to resume from)")
     return early_stopping, callbacks
+
+
+def as_compiled(elbo: Any, compile: bool | str = True) -> Any:
+    """The :class:`JitRPM_ELBO` with the settings of ``elbo`` (``None``: the defaults), for ``fit(compile=...)``.
+
+    :param elbo: ``None``, an :class:`~pyro_rpm.RPM_ELBO` or a :class:`JitRPM_ELBO` (returned as it is).
+    :param compile: ``True`` (backend ``"fx"``) or a backend name of :data:`BACKENDS`.
+    :raises ValueError: for another ELBO (only RPM_ELBO steps can be recorded) or backend.
+    """
+    from ..infer.compiled import BACKENDS, JitRPM_ELBO
+    from ..infer.elbo import RPM_ELBO
+
+    backend = "fx" if compile is True else compile
+    if backend not in BACKENDS:
+        raise ValueError(f"compile must be True, False or one of {BACKENDS}, got {compile!r}")
+    if isinstance(elbo, JitRPM_ELBO):
+        return elbo
+    if elbo is None:
+        return JitRPM_ELBO(backend=backend)
+    if type(elbo) is not RPM_ELBO:
+        raise ValueError(
+            f"compile= records RPM_ELBO steps; the elbo given is a {type(elbo).__name__} (pass compile=False, "
+            "or an RPM_ELBO / JitRPM_ELBO)"
+        )
+    return JitRPM_ELBO(
+        elbo.num_particles,
+        elbo.max_plate_nesting,
+        elbo.vectorize_particles,
+        estimator=elbo.estimator,
+        reference=elbo.reference,
+        backend=backend,
+        retain_graph=elbo.retain_graph,
+        strict_enumeration_warning=elbo.strict_enumeration_warning,
+        ignore_jit_warnings=elbo.ignore_jit_warnings,
+        jit_options=elbo.jit_options,
+    )

@@ -142,7 +142,7 @@ def fit(
     """
     start_time = time.perf_counter()
     if compile is not False:
-        from ..infer.compiled import as_compiled
+        from ._setup import as_compiled
 
         elbo = as_compiled(elbo, compile)
     settings = resolve(

@@ -84,7 +84,9 @@ def _markov(dtype, B=6, T=5):
         with pyro.plate("seq", n):
             z = None
             for t in pyro.markov(range(T)):
-                prior = dist.Normal(torch.zeros(D, dtype=dtype), 1.0) if t == 0 else dist.Normal(a * z, (1 - a**2).sqrt())
+                prior = (
+                    dist.Normal(torch.zeros(D, dtype=dtype), 1.0) if t == 0 else dist.Normal(a * z, (1 - a**2).sqrt())
+                )
                 z = pyro.sample(f"z_{t}", prior.to_event(1))
                 observe(f"x_{t}", factors.index(at + t), z)
 

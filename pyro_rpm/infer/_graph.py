@@ -1,0 +1,215 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The recorded graph of :class:`~pyro_rpm.JitRPM_ELBO`: one structure's replayable step, the check for
+in-place writes into tensors that outlive a step, and the simplification passes (dead code, constant
+folding, identities) run once after recording."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["Graph", "mutated_persistent_tensors", "simplify"]
+
+
+def mutated_persistent_tensors(gm: torch.fx.GraphModule) -> list[str]:
+    """Names of the graph inputs and constants that an in-place operation of the graph writes into."""
+
+    def base(node: Any) -> Any:
+        while isinstance(node, torch.fx.Node) and node.op == "call_function":
+            schema = getattr(node.target, "_schema", None)
+            if schema is None or not schema.arguments or schema.arguments[0].alias_info is None or not node.args:
+                return node
+            node = node.args[0]  # a view (or an in-place result) of its first argument
+        return node
+
+    written = []
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None or not schema.is_mutable:
+            continue
+        for argument, value in zip(schema.arguments, node.args):
+            if argument.alias_info is not None and argument.alias_info.is_write:
+                root = base(value)
+                if isinstance(root, torch.fx.Node) and root.op in ("placeholder", "get_attr"):
+                    written.append(str(root.target))
+    return written
+
+
+class Graph:
+    """One recorded structure: the replayed function and the parameters it reads."""
+
+    __slots__ = ("model", "guide", "fn", "names", "params", "constrained", "replays")
+
+    def __init__(self, model, guide, fn, names, params, constrained) -> None:
+        self.model, self.guide, self.fn = model, guide, fn
+        self.names: tuple[str, ...] = names
+        self.params: list[torch.Tensor] = params
+        self.constrained: tuple[bool, ...] = constrained
+        self.replays = 0
+
+    def current(self, store) -> bool:
+        """Whether the parameter store still holds the tensors the graph was recorded with."""
+        held = store._params
+        return all(held.get(name) is p for name, p in zip(self.names, self.params))
+
+    def run(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss in float64 without gradient, differentiable loss)``: the second one's backward pass
+        gives the gradients of the eager step (autograd runs over the replayed operations)."""
+        return self.fn(self.params, tensors)
+
+
+_IDENTITY_SCALAR = {
+    "aten.add.Tensor": 0,
+    "aten.sub.Tensor": 0,
+    "aten.mul.Tensor": 1,
+    "aten.div.Tensor": 1,
+}
+#: operations whose output depends on their tensor inputs' shapes, dtypes and devices only
+_METADATA_ONLY = {
+    "aten.new_zeros.default",
+    "aten.new_ones.default",
+    "aten.new_full.default",
+    "aten.zeros_like.default",
+    "aten.ones_like.default",
+    "aten.full_like.default",
+}
+
+
+def _val(node: Any) -> Any:
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _same_meta(a: Any, b: Any) -> bool:
+    va, vb = _val(a), _val(b)
+    return (
+        isinstance(va, torch.Tensor)
+        and isinstance(vb, torch.Tensor)
+        and va.shape == vb.shape
+        and va.stride() == vb.stride()
+        and va.dtype == vb.dtype
+        and va.device == vb.device
+        and va.requires_grad == vb.requires_grad
+    )
+
+
+def _fold_constants(gm: torch.fx.GraphModule) -> None:
+    """Evaluate once the operations that depend on no input, parameter or random draw (fixed per structure)."""
+    values: dict[torch.fx.Node, Any] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        schema = node.target._schema
+        if schema.is_mutable or torch.Tag.nondeterministic_seeded in node.target.tags:
+            continue
+        name = str(node.target)
+        inputs = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+        nested = [
+            a
+            for a in (*node.args, *node.kwargs.values())
+            if isinstance(a, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in a)
+        ]
+        if nested:
+            continue
+        if name == "aten.lift_fresh_copy.default" and inputs and inputs[0].op == "get_attr":
+            pass  # a literal tensor made inside the step
+        elif name in _METADATA_ONLY:
+            pass
+        elif not all(a in values for a in inputs):
+            continue
+
+        def load(a: Any) -> Any:
+            if isinstance(a, torch.fx.Node):
+                if a in values:
+                    return values[a]
+                if a.op == "get_attr":
+                    return getattr(gm, a.target)
+                return _val(a)  # metadata-only use
+            return a
+
+        if name in _METADATA_ONLY:
+            fake = _val(node)
+            if not isinstance(fake, torch.Tensor):
+                continue
+            args = [load(a) if not isinstance(a, torch.fx.Node) or a in values else _like(a) for a in node.args]
+            kwargs = {k: load(v) for k, v in node.kwargs.items()}
+        else:
+            args = [load(a) for a in node.args]
+            kwargs = {k: load(v) for k, v in node.kwargs.items()}
+        try:
+            with torch.no_grad():
+                result = node.target(*args, **kwargs)
+        except Exception:
+            continue
+        if isinstance(result, torch.Tensor):
+            values[node] = result
+    # replace the folded nodes that unfolded nodes read by constants
+    count = 0
+    for node, value in values.items():
+        users = [u for u in node.users if u not in values]
+        if not users:
+            continue
+        attr = f"_rpm_folded_{count}"
+        count += 1
+        gm.register_buffer(attr, value, persistent=False)
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(attr)
+        const.meta["val"] = node.meta.get("val")
+        for user in users:
+            user.replace_input_with(node, const)
+
+
+def _like(node: torch.fx.Node) -> torch.Tensor:
+    fake = _val(node)
+    return torch.empty(fake.shape, dtype=fake.dtype, device=fake.device)
+
+
+def _peephole(gm: torch.fx.GraphModule) -> bool:
+    """Drop operations that return their input unchanged (``t(t(x))``, ``x + 0``, an expand to its own shape)."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        replacement = None
+        if name == "aten.t.default":
+            inner = node.args[0]
+            if isinstance(inner, torch.fx.Node) and str(inner.target) == "aten.t.default":
+                replacement = inner.args[0]
+        elif name in ("aten.expand.default", "aten.view.default", "aten._to_copy.default", "aten.clone.default"):
+            if name == "aten._to_copy.default" and set(node.kwargs) - {"dtype"}:
+                continue
+            if _same_meta(node, node.args[0]):
+                replacement = node.args[0]
+        elif name in _IDENTITY_SCALAR and len(node.args) == 2 and not node.kwargs:
+            a, b = node.args
+            if not isinstance(b, torch.fx.Node) and b == _IDENTITY_SCALAR[name] and _same_meta(node, a):
+                replacement = a
+        elif name == "aten.rsub.Scalar" and len(node.args) == 2 and node.args[1] == 0 and not node.kwargs:
+            with gm.graph.inserting_before(node):
+                neg = gm.graph.call_function(torch.ops.aten.neg.default, (node.args[0],))
+            neg.meta["val"] = node.meta.get("val")
+            replacement = neg
+        if replacement is not None:
+            node.replace_all_uses_with(replacement)
+            gm.graph.erase_node(node)
+            changed = True
+    return changed
+
+
+def simplify(gm: torch.fx.GraphModule) -> None:
+    """Dead-code elimination, constant folding and identity removal on a recorded step (nothing is
+    simplified in a graph with in-place operations)."""
+    gm.graph.eliminate_dead_code()
+    mutable = any(
+        node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
+        for node in gm.graph.nodes
+    )
+    if not mutable:
+        _fold_constants(gm)
+        gm.graph.eliminate_dead_code()
+        while _peephole(gm):
+            pass
+        gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
