@@ -179,7 +179,8 @@ def check_representable(log_prob: torch.Tensor, dtype: torch.dtype, name: str) -
     bad = ~(log_prob.detach().abs() <= limit)
     if bool(bad.any()):
         worst = float(log_prob.detach()[bad].nan_to_num(nan=float("inf")).abs().max())
+        hint = "rescale the latent" if dtype == torch.float64 else "rescale the latent or use float64"
         raise ValueError(
             f"{name} lies so far from the support points that its exact log-likelihood, of magnitude "
-            f"{worst:.3g}, is beyond the range of {dtype} (largest {limit:.3g}); rescale the latent or use float64"
+            f"{worst:.3g}, is beyond the range of {dtype} (largest {limit:.3g}); {hint}"
         )
