@@ -787,6 +787,16 @@ def overflowing_latent_in_a_model_float32():
     return Bad(lambda: pyro.poutine.trace(model).get_trace().log_prob_sum(), (r1,))
 
 
+def overflowing_anchor_rbf_float64():
+    factors = DeltaFactor(torch.randn(N, D, dtype=torch.float64))
+    return Bad(lambda: ContrastivePrior(factors, RBFCoupling(1.0), torch.full((N, D), 1e20, dtype=torch.float64)))
+
+
+def overflowing_anchor_laplace_float32():
+    factors = GaussianFactor(torch.randn(N, D), torch.ones(N, D))
+    return Bad(lambda: ContrastivePrior(factors, LaplaceCoupling(1.0), torch.full((N, D), 1e25)))
+
+
 def svi_step_arguments_swapped():
     r1, r2 = _recognition("r1"), GaussianRecognition(nn.Linear(3, 2 * D), D, name="r2", prior_scale=1.0)
 
@@ -920,6 +930,8 @@ CATALOGUE = [
     case(overflowing_latent_float32, ValueError, r"latent \(at distance 1e\+25 .*\) lies so far .* beyond the range of torch.float32 .*use float64", "overflow-latent-f32"),
     case(overflowing_latent_float64, ValueError, r"latent \(at distance 1e\+160 .*\) lies so far .* beyond the range of torch.float64", "overflow-latent-f64"),
     case(overflowing_latent_in_a_model_float32, ValueError, r"latent \(at distance 1e\+25 .* beyond the range of torch.float32", "overflow-latent-model-f32"),
+    case(overflowing_anchor_rbf_float64, ValueError, r"anchor lies 1e\+20 from the support's centre, beyond what torch.float64 resolves .* RBFCoupling cannot", "overflow-anchor-rbf-f64"),
+    case(overflowing_anchor_laplace_float32, ValueError, r"anchor lies 1e\+25 .* torch.float32 .* LaplaceCoupling cannot", "overflow-anchor-laplace-f32"),
     case(svi_step_arguments_swapped, ValueError, r"inputs to recognition 'r1' of shape \(8, 3\) do not fit its network", "svi-step-arguments-swapped"),
 ]
 

@@ -19,7 +19,15 @@ import pytest
 import torch
 
 import pyro_rpm
-from pyro_rpm import DeltaFactor, GaussianFactor, RecognitionLikelihood
+from pyro_rpm import (
+    BilinearCoupling,
+    ContrastivePrior,
+    DeltaFactor,
+    GaussianFactor,
+    LaplaceCoupling,
+    RBFCoupling,
+    RecognitionLikelihood,
+)
 from pyro_rpm.likelihood.far_latents import (
     FAR_LATENT_MAX_ELEMENTS,
     far_latent_threshold,
@@ -183,3 +191,25 @@ def test_value_checks_off_skips_the_check():
     with pyro_rpm.value_checks("off"):
         log_prob = likelihood.log_prob(torch.arange(M))
     assert not torch.isfinite(log_prob).all()  # the documented cost of switching the checks off
+
+
+@pytest.mark.parametrize("coupling", [RBFCoupling, LaplaceCoupling], ids=["rbf", "laplace"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_couplings_of_differences_refuse_anchors_that_cannot_resolve_the_support(coupling, dtype):
+    """Before: NaN (float32) or the same log-probability for every support point (float64) at |anchor| = 1e20."""
+    g = torch.Generator().manual_seed(3)
+    factors = DeltaFactor(torch.randn(M, D, generator=g, dtype=dtype))
+    far = torch.full((M, D), 1e20, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"anchor lies .* beyond what {dtype} resolves .* {coupling.__name__} cannot"):
+        ContrastivePrior(factors, coupling(1.0).to(dtype), far)
+    near = torch.full((M, D), 1e3, dtype=dtype)  # far, but resolvable: no error, finite answers
+    assert torch.isfinite(ContrastivePrior(factors, coupling(1.0).to(dtype), near).log_prob(factors.mean)).all()
+
+
+def test_bilinear_coupling_is_not_refused_for_far_anchors():
+    """A bilinear score z^T W z' is linear in z: nothing cancels, the float64 answer is exact relative to its size."""
+    factors = DeltaFactor(torch.randn(M, D, dtype=torch.float64))
+    prior = ContrastivePrior(
+        factors, BilinearCoupling(D).to(torch.float64), torch.full((M, D), 1e20, dtype=torch.float64)
+    )
+    assert torch.isfinite(prior.log_prob(factors.mean)).all()
