@@ -29,7 +29,8 @@ from torch.distributions.utils import lazy_property
 from .._validation import check_same_device_and_dtype, check_tensor
 from ..normalisers import Normaliser
 from ..recognition.base import Factor
-from .couplings import Coupling, check_anchor_resolves_support
+from .anchors import check_anchor_resolves_support
+from .couplings import Coupling
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
 
