@@ -47,10 +47,13 @@ from .._validation import (
     check_same_device_and_dtype,
     check_tensor,
     full_precision_call,
+    mark_checked,
+    structure,
     value_checks_active,
 )
 from ..normalisers import Normaliser
 from ..recognition.base import Factor, use_dense
+from .far_latents import far_latent_log_prob, far_latent_threshold, gaussian_latent_range
 
 __all__ = ['RecognitionLikelihood', 'observe']
 
@@ -172,9 +175,50 @@ class RecognitionLikelihood(TorchDistribution):
         return self.batch_shape.numel() * self.num_support
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log f(z \mid x_n) - \log\sum_m f(z \mid x_m)` at the observed indices ``value``.
+
+        For diagonal Gaussian factors a value check (:func:`pyro_rpm.value_checks`: one reduction and
+        one host synchronisation, skipped under :func:`torch.compile`) bounds the quadratic forms by
+        :math:`\hat Q` (:func:`~pyro_rpm.likelihood.far_latents.gaussian_latent_range`). A latent so far
+        from the support points that :math:`\hat Q > 1/\epsilon_w` (:math:`2^{52}` with float64 work),
+        where the two terms' rounding errors would swamp their difference, is computed from the
+        differences of the logits instead (:mod:`pyro_rpm.likelihood.far_latents`): the exact answer,
+        or a :class:`ValueError` naming the latent where it cannot be given (e.g. not representable
+        in float32).
+        """
         if self._validate_args:
             self._validate_sample(value)
+        far = self._far_latent_log_prob(value)
+        if far is not None:
+            return far
         return self.diagonal(value) - self.log_normaliser
+
+    def _far_latent_log_prob(self, value: torch.Tensor) -> torch.Tensor | None:
+        """The exact log-probability of a far latent (:meth:`log_prob`), or ``None`` for the usual path."""
+        if not self.latent.is_floating_point() or self.latent.device.type == "meta":
+            return None
+        key = structure("far-latent", self.latent)
+        if not value_checks_active(key):
+            return None
+        gaussian = self.factors.diagonal_gaussian()
+        if gaussian is None or gaussian[0].dim() != 2:
+            return None
+        loc, scale = gaussian
+        bound, extent = gaussian_latent_range(self.latent, loc, scale)
+        if bound <= far_latent_threshold(self.latent.dtype, self.latent.device):
+            mark_checked(key)
+            return None
+        name = f"latent (at distance {extent:.3g} from the support's centre)"
+        return full_precision_call(
+            far_latent_log_prob,
+            self.latent,
+            loc,
+            scale,
+            self._as_index(value),
+            name=name,
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+        )
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():

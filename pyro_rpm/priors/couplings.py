@@ -161,6 +161,10 @@ class Coupling(nn.Module):
 
     #: whether :meth:`_streamed_logsumexp` is implemented.
     streams: bool = False
+    #: whether :math:`g` depends on the differences :math:`z - z'` (RBF, Laplace): an anchor so far from
+    #: the support that :math:`z - z'` rounds to :math:`z` makes :math:`g` blind to :math:`z'`, and
+    #: :class:`~pyro_rpm.ContrastivePrior` refuses it (:func:`pyro_rpm.priors.anchors.check_anchor_resolves_support`).
+    compares_differences: bool = False
 
     def _streamed_logsumexp(
         self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
@@ -290,6 +294,7 @@ class AnisotropicRBFCoupling(Coupling):
         return quadratic_pairwise(z, factors.diagonal_gaussian()[0], total.reciprocal()) + log_shrink
 
     streams = True
+    compares_differences = True
 
     def _streamed_logsumexp(
         self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
@@ -369,6 +374,8 @@ class LaplaceCoupling(Coupling):
     :param float scale: :math:`b > 0`.
     :param bool learn: learn the scale.
     """
+
+    compares_differences = True
 
     def __init__(self, scale: float = 1.0, *, learn: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)

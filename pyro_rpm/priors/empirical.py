@@ -29,6 +29,7 @@ from torch.distributions.utils import lazy_property
 from .._validation import check_same_device_and_dtype, check_tensor
 from ..normalisers import Normaliser
 from ..recognition.base import Factor
+from .anchors import check_anchor_resolves_support
 from .couplings import Coupling
 
 __all__ = ["EmpiricalMarginalPrior", "MarginalPrior", "ContrastivePrior"]
@@ -174,6 +175,7 @@ class ContrastivePrior(EmpiricalMarginalPrior):
         check_same_device_and_dtype(anchor, "anchor", factors.mean, "factors")
         if len(factors.event_shape) == 1:
             coupling.check_widths(anchor.shape[-1], factors.event_shape[0])
+            check_anchor_resolves_support(anchor, factors.mean, coupling)
         self.coupling = coupling
         self.anchor = anchor
         super().__init__(factors, anchor.shape[:-1], backend=backend, validate_args=validate_args)

@@ -758,6 +758,60 @@ def contrastive_anchor_of_the_wrong_width():
     return Bad(lambda: ContrastivePrior(factors, RBFCoupling(1.0), torch.randn(N, D + 1)))
 
 
+def _far_latent_likelihood(dtype: torch.dtype, magnitude: float) -> RecognitionLikelihood:
+    """Per-point-scale factors of a recognition and a latent ``magnitude`` away from all of them."""
+    r1 = _recognition("r1", prior_scale=None).to(dtype)
+    factors = r1(_data()[0].to(dtype))
+    return r1, RecognitionLikelihood(factors, torch.full((N, D), magnitude, dtype=dtype))
+
+
+def overflowing_latent_float32():
+    r1, likelihood = _far_latent_likelihood(torch.float32, 1e25)  # exact log p about -1e50: not a float32
+    return Bad(lambda: likelihood.log_prob(torch.arange(N)), (r1,))
+
+
+def overflowing_latent_float64():
+    r1, likelihood = _far_latent_likelihood(torch.float64, 1e160)  # (z - mu)^2 overflows float64
+    return Bad(lambda: likelihood.log_prob(torch.arange(N)), (r1,))
+
+
+def overflowing_latent_in_a_model_float32():
+    r1 = _recognition("r1", prior_scale=None)
+    f1 = r1(_data()[0])
+
+    def model():  # scored by Pyro's own log_prob_sum (Trace_ELBO, Predictive): the likelihood's log_prob
+        with pyro.plate("data", N):
+            z = pyro.sample("z", dist.Normal(torch.full((D,), 1e25), 1.0).to_event(1))
+            observe("x1", f1, z)
+
+    return Bad(lambda: pyro.poutine.trace(model).get_trace().log_prob_sum(), (r1,))
+
+
+def overflowing_anchor_rbf_float64():
+    factors = DeltaFactor(torch.randn(N, D, dtype=torch.float64))
+    return Bad(lambda: ContrastivePrior(factors, RBFCoupling(1.0), torch.full((N, D), 1e20, dtype=torch.float64)))
+
+
+def overflowing_anchor_laplace_float32():
+    factors = GaussianFactor(torch.randn(N, D), torch.ones(N, D))
+    return Bad(lambda: ContrastivePrior(factors, LaplaceCoupling(1.0), torch.full((N, D), 1e25)))
+
+
+def svi_step_arguments_swapped():
+    r1, r2 = _recognition("r1"), GaussianRecognition(nn.Linear(3, 2 * D), D, name="r2", prior_scale=1.0)
+
+    def model(x1, x2):
+        f1, f2 = r1(x1), r2(x2)
+        with pyro.plate("data", x1.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            observe("x1", f1, z)
+            observe("x2", f2, z)
+
+    svi, optim = _svi(model)
+    x1, x2 = _data()[0], torch.randn(N, 3)
+    return Bad(lambda: svi.step(x2, x1), (r1, r2), (optim,))
+
+
 # ------------------------------------------------------------------------------------------ the table
 def case(build, error, match, id, marks=()):
     return pytest.param(build, error, match, id=id, marks=marks)
@@ -873,6 +927,12 @@ CATALOGUE = [
     case(boolean_mask_as_index, TypeError, r"observe\('x1'\): index must be an integer tensor .* boolean", "bool-mask-index"),
     case(contrastive_anchor_of_the_wrong_width, ValueError, r"anchor must end with the factors' latent dimension \(2,\)", "anchor-width"),
     case(bilinear_anchor_of_the_wrong_width, ValueError, r"anchor must have width 3 and the factors width 2 for BilinearCoupling", "bilinear-anchor-width"),
+    case(overflowing_latent_float32, ValueError, r"latent \(at distance 1e\+25 .*\) lies so far .* beyond the range of torch.float32 .*use float64", "overflow-latent-f32"),
+    case(overflowing_latent_float64, ValueError, r"latent \(at distance 1e\+160 .*\) lies so far .* beyond the range of torch.float64", "overflow-latent-f64"),
+    case(overflowing_latent_in_a_model_float32, ValueError, r"latent \(at distance 1e\+25 .* beyond the range of torch.float32", "overflow-latent-model-f32"),
+    case(overflowing_anchor_rbf_float64, ValueError, r"anchor lies 1e\+20 from the support's centre, beyond what torch.float64 resolves .* RBFCoupling cannot", "overflow-anchor-rbf-f64"),
+    case(overflowing_anchor_laplace_float32, ValueError, r"anchor lies 1e\+25 .* torch.float32 .* LaplaceCoupling cannot", "overflow-anchor-laplace-f32"),
+    case(svi_step_arguments_swapped, ValueError, r"inputs to recognition 'r1' of shape \(8, 3\) do not fit its network", "svi-step-arguments-swapped"),
 ]
 
 
