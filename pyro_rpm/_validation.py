@@ -43,6 +43,7 @@ __all__ = [
     "structure",
     "value_checks",
     "value_checks_active",
+    "check_choice",
     "check_finite",
     "check_float_type",
     "check_int",
@@ -236,6 +237,14 @@ def check_same_device_and_dtype(a: torch.Tensor, a_name: str, b: torch.Tensor, b
         raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}; move both to one device")
     if a.is_floating_point() and b.is_floating_point() and a.dtype != b.dtype:
         raise ValueError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}; use one dtype")
+
+
+def check_choice(value: _T, name: str, choices: tuple[object, ...]) -> _T:
+    """Return ``value`` if it is one of ``choices``, else raise :class:`ValueError`
+    ``"{name} must be one of {choices}, got {value!r}"``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def _int_range(minimum: int | None, below: int | None) -> str:

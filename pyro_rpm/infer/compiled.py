@@ -76,7 +76,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._pyro import param_store_rollback
-from .._validation import check_int, graph_capture
+from .._validation import check_choice, check_int, check_optional_int, graph_capture
 from ._graph import Graph, mutated_persistent_tensors, simplify
 from .elbo import RPM_ELBO
 
@@ -107,11 +107,10 @@ class JitRPM_ELBO(RPM_ELBO):
     Usable wherever :class:`~pyro_rpm.RPM_ELBO` is: :class:`pyro.infer.SVI` (``loss_and_grads``),
     ``differentiable_loss`` with a torch optimiser, and :func:`pyro_rpm.fit` (``compile=True``).
 
-    :param int num_particles: as :class:`~pyro_rpm.RPM_ELBO`.
-    :param max_plate_nesting: as :class:`~pyro_rpm.RPM_ELBO`.
-    :param bool vectorize_particles: as :class:`~pyro_rpm.RPM_ELBO`.
-    :param str estimator: as :class:`~pyro_rpm.RPM_ELBO`.
-    :param str reference: as :class:`~pyro_rpm.RPM_ELBO`.
+    :param args: the positional arguments of :class:`~pyro_rpm.RPM_ELBO` (``num_particles``,
+        ``max_plate_nesting``, ``vectorize_particles``), passed on unchanged.
+    :param kwargs: its keyword arguments (``estimator``, ``reference`` and those of
+        :class:`pyro.infer.Trace_ELBO`), passed on unchanged.
     :param str backend: ``"fx"`` (replay the recorded graph) or ``"inductor"`` (compile it with
         :func:`torch.compile`).
     :param check_every: debug mode: every this many replays, also compute the step eagerly under the
@@ -125,25 +124,16 @@ class JitRPM_ELBO(RPM_ELBO):
 
     def __init__(
         self,
-        num_particles: int = 1,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = False,
-        *,
-        estimator: str = "mc",
-        reference: str = "flat",
+        *args: Any,
         backend: str = "fx",
         check_every: int | None = None,
         check_rtol: float = 1e-4,
         max_graphs: int = 8,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_particles, max_plate_nesting, vectorize_particles, estimator=estimator, reference=reference, **kwargs
-        )
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if check_every is not None:
-            check_int(check_every, "check_every", expected="a positive int or None")
+        super().__init__(*args, **kwargs)
+        check_choice(backend, "backend", BACKENDS)
+        check_optional_int(check_every, "check_every", expected="a positive int or None")
         check_int(max_graphs, "max_graphs", expected="a positive int")
         if not (isinstance(check_rtol, (int, float)) and check_rtol > 0):
             raise ValueError(f"check_rtol must be a positive float, got {check_rtol!r}")

@@ -56,7 +56,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
 from .._pyro import LatentNames, observed_latent, param_store_rollback, recognition_cache
-from .._validation import check_int, full_precision_call, value_checks_active
+from .._validation import check_choice, check_int, full_precision_call, value_checks_active
 from ..guides.plan import PlanMismatch, planning, verify_plan
 from ..guides.tied import TiedPosterior, diagonal_normal
 from ..likelihood.recognition import RecognitionLikelihood
@@ -116,8 +116,7 @@ class RPM_ELBO(Trace_ELBO):
         **kwargs: Any,
     ) -> None:
         check_int(num_particles, "num_particles", expected="a positive int")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        check_choice(estimator, "estimator", ESTIMATORS)
         if reference not in ("flat", "prior"):
             raise ValueError(f"reference must be 'flat' or 'prior', got {reference!r}")
         super().__init__(

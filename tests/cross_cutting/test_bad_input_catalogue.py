@@ -30,6 +30,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import two_view_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -89,15 +90,7 @@ def _recognition(name: str, **kwargs) -> GaussianRecognition:
 def _two_view():
     """The canonical two-view model of ``docs/core.md`` (in-batch support)."""
     r1, r2 = _recognition("r1"), _recognition("r2")
-
-    def model(x1, x2):
-        f1, f2 = r1(x1), r2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-            observe("x1", f1, z)
-            observe("x2", f2, z)
-
-    return r1, r2, model
+    return r1, r2, two_view_model(r1, r2, D)
 
 
 def _svi(model, guide=None):
@@ -799,14 +792,7 @@ def overflowing_anchor_laplace_float32():
 
 def svi_step_arguments_swapped():
     r1, r2 = _recognition("r1"), GaussianRecognition(nn.Linear(3, 2 * D), D, name="r2", prior_scale=1.0)
-
-    def model(x1, x2):
-        f1, f2 = r1(x1), r2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-            observe("x1", f1, z)
-            observe("x2", f2, z)
-
+    model = two_view_model(r1, r2, D)
     svi, optim = _svi(model)
     x1, x2 = _data()[0], torch.randn(N, 3)
     return Bad(lambda: svi.step(x2, x1), (r1, r2), (optim,))

@@ -23,6 +23,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import two_view_model
 from torch import nn
 
 from pyro_rpm import (
@@ -47,14 +48,7 @@ def _two_view(seed=0, steps=30):
     r1 = GaussianRecognition(nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 2 * D)), D, prior_scale=1.0)
     r2 = GaussianRecognition(nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 2 * D)), D, prior_scale=1.0)
     r1.name, r2.name = f"r1_{seed}", f"r2_{seed}"
-
-    def model(x1, x2):
-        f1, f2 = r1(x1), r2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-            observe("x1", f1, z)
-            observe("x2", f2, z)
-
+    model = two_view_model(r1, r2, D)
     guide = RecognitionGuide(model)
     x1, x2, _ = two_view_gaussian(N, seed=seed)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), RPM_ELBO())

@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import two_view_model
 from torch import nn
 
 from pyro_rpm import (
@@ -62,14 +63,7 @@ def walker(B: int = 8, amortised: bool = False):
     r1 = GaussianRecognition(_mlp(2 * D), D, prior_scale=1.0, name="r1")
     r2 = GaussianRecognition(_mlp(2 * D), D, prior_scale=1.0, name="r2")
     x1, x2 = torch.randn(B, OBS), torch.randn(B, OBS)
-
-    def model(x1, x2):
-        f1, f2 = r1(x1), r2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-            observe("x1", f1, z)
-            observe("x2", f2, z)
-
+    model = two_view_model(r1, r2, D)
     modules = [r1, r2]
     amortiser = None
     if amortised:

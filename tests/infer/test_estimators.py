@@ -27,6 +27,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import two_view_model
 from scipy import integrate
 from torch import nn
 
@@ -332,14 +333,7 @@ def test_interior_loss_has_gradients(reference):
     x1, x2 = torch.randn(N, 5), torch.randn(N, 5)
     r1 = GaussianRecognition(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2 * D)), D, prior_scale=1.0)
     r2 = GaussianRecognition(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2 * D)), D, prior_scale=1.0)
-
-    def model(x1, x2):
-        f1, f2 = r1(x1), r2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-            observe("x1", f1, z)
-            observe("x2", f2, z)
-
+    model = two_view_model(r1, r2, D)
     guide = RecognitionGuide(model)
     elbo = RPM_ELBO(estimator="interior", reference=reference)
     params = list(r1.parameters()) + list(r2.parameters())

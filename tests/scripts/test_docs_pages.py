@@ -8,60 +8,26 @@
   ``log f(z_nt | x_nt) - logsumexp_m log f(z_nt | x_m)`` over all B*T frames.
 
 A python block followed by a ``text`` block must print that text: the same words exactly and the same
-numbers within a tolerance that allows other CPUs' rounding (rel 3 %, abs 0.05).
+numbers within a tolerance that allows other CPUs' rounding (rel 3 %, abs 0.05); the runner is
+``tests/_shared/_pages.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 
-import pyro
 import pytest
+from _pages import check_output, parse_blocks, run_page
 
 ROOT = Path(__file__).resolve().parents[2]
-NUMBER = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
-
-
-def _blocks(text: str) -> list[tuple[str, str | None]]:
-    """(python code, the text block right after it or None) for every python block of a page."""
-    out = []
-    for match in re.finditer(r"```python\n(.*?)```\n(?:\n```text\n(.*?)```)?", text, re.S):
-        out.append((match.group(1), match.group(2)))
-    return out
-
-
-def _check_output(got: str, want: str, where: str) -> None:
-    got_text, want_text = re.sub(NUMBER, "#", got), re.sub(NUMBER, "#", want)
-    assert got_text == want_text, (where, got, want)
-    for g, w in zip(re.findall(NUMBER, got), re.findall(NUMBER, want)):
-        assert float(g) == pytest.approx(float(w), rel=0.03, abs=0.05), (where, got, want)
-
-
-def run_page(page: str, select=lambda code: True) -> dict:
-    """Run the (selected) python blocks of ``docs/<page>`` in one namespace; return the namespace."""
-    pyro.clear_param_store()
-    namespace: dict = {"__name__": f"__docs_{page}__"}
-    blocks = [(c, t) for c, t in _blocks((ROOT / "docs" / page).read_text()) if select(c)]
-    assert blocks, page
-    for i, (code, expected) in enumerate(blocks):
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            exec(compile(code, f"docs/{page} block {i}", "exec"), namespace)  # noqa: S102 - the docs' own code
-        if expected is not None:
-            _check_output(buffer.getvalue(), expected, f"docs/{page} block {i}")
-    pyro.clear_param_store()
-    return namespace
 
 
 def test_block_parser():
     text = "```python\na = 1\n```\n\n```text\n1\n```\n\n```python\nb = 2\n```\nprose\n"
-    assert _blocks(text) == [("a = 1\n", "1\n"), ("b = 2\n", None)]
+    assert parse_blocks(text) == [("a = 1\n", "1\n"), ("b = 2\n", None)]
     with pytest.raises(AssertionError):
-        _check_output("r2 0.5\n", "r2 0.967\n", "x")
-    _check_output("r2 0.968\n", "r2 0.967\n", "x")
+        check_output("r2 0.5\n", "r2 0.967\n", "x")
+    check_output("r2 0.968\n", "r2 0.967\n", "x")
 
 
 @pytest.mark.slow

@@ -1,0 +1,29 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Models that tests in several folders build the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_rpm import observe
+
+__all__ = ["two_view_model"]
+
+
+def two_view_model(r1: Callable, r2: Callable, dim: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The canonical two-view model of ``docs/core.md`` (in-batch support): per datum of the ``"data"``
+    plate a latent ``z ~ N(0, I_dim)``, observed by the recognition ``r1`` through site ``"x1"`` and by
+    ``r2`` through site ``"x2"``; called as ``model(x1, x2)``."""
+
+    def model(x1, x2):
+        f1, f2 = r1(x1), r2(x2)
+        with pyro.plate("data", x1.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(dim), 1.0).to_event(1))
+            observe("x1", f1, z)
+            observe("x2", f2, z)
+
+    return model
