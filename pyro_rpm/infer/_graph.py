@@ -197,8 +197,46 @@ def _peephole(gm: torch.fx.GraphModule) -> bool:
     return changed
 
 
+def _hashable(a: Any) -> Any:
+    """``a`` as a hashable key (nodes by identity, lists as tuples), or raise ``TypeError``."""
+    if isinstance(a, (list, tuple)):
+        return (type(a).__name__, *(_hashable(x) for x in a))
+    if isinstance(a, torch.fx.Node) or a is None or isinstance(a, (str, torch.dtype, torch.device)):
+        return a
+    if isinstance(a, (bool, int, float)):  # 1, 1.0 and True (or 0.0 and -0.0) give other results
+        return (type(a), repr(a))
+    if isinstance(a, (torch.layout, torch.memory_format)):
+        return str(a)
+    raise TypeError(type(a))
+
+
+def _eliminate_common_subexpressions(gm: torch.fx.GraphModule) -> bool:
+    """Compute once the pure operations that a step repeats on the same inputs (a loop over sites that
+    transforms one parameter at every step, the same cast of one tensor in several places)."""
+    seen: dict[Any, torch.fx.Node] = {}
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        schema = node.target._schema
+        if schema.is_mutable or torch.Tag.nondeterministic_seeded in node.target.tags:
+            continue
+        if str(node.target).startswith(("aten.empty", "aten.new_empty")):
+            continue
+        try:
+            key = (node.target, _hashable(node.args), _hashable(tuple(sorted(node.kwargs.items()))))
+        except TypeError:
+            continue
+        kept = seen.setdefault(key, node)
+        if kept is not node:
+            node.replace_all_uses_with(kept)
+            gm.graph.erase_node(node)
+            changed = True
+    return changed
+
+
 def simplify(gm: torch.fx.GraphModule) -> None:
-    """Dead-code elimination, constant folding and identity removal on a recorded step (nothing is
+    """Dead-code elimination, constant folding, identity removal and common subexpressions on a recorded step (nothing is
     simplified in a graph with in-place operations)."""
     gm.graph.eliminate_dead_code()
     mutable = any(
@@ -208,7 +246,7 @@ def simplify(gm: torch.fx.GraphModule) -> None:
     if not mutable:
         _fold_constants(gm)
         gm.graph.eliminate_dead_code()
-        while _peephole(gm):
+        while _peephole(gm) | _eliminate_common_subexpressions(gm):
             pass
         gm.graph.eliminate_dead_code()
     gm.graph.lint()

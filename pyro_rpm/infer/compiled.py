@@ -21,7 +21,10 @@ cancellations, empirical-marginal priors, the ``"mc"`` and ``"interior"`` estima
 scaling, masks and ``poutine.scale``, score-function terms of non-reparameterised guide sites,
 several particles); it is the same sequence of tensor operations, so replays give the eager loss
 and gradients under the same seed (the random draws are recorded as operations and consume the
-random stream as the eager step does).
+random stream as the eager step does). The recorded graph is simplified once (dead code, constants,
+identities, common subexpressions such as a parameter transformed at every step of a
+:func:`pyro.markov` loop): the loss is the eager value, the gradients equal to rounding, as autograd
+adds a shared intermediate's contributions in another order (float64 1e-12, float32 1e-5 relative).
 
 **When it records, and what it checks.** Every call computes a *structural key*: the model and
 guide, the shapes, dtypes, devices and ``requires_grad`` of the tensor arguments, the values of the

@@ -174,7 +174,9 @@ def test_replayed_step_gives_the_eager_loss_and_gradients(name, dtype):
         warnings.simplefilter("error", CompileFallbackWarning)
         for _ in range(2):  # eager step (registers), then the recording
             jit.differentiable_loss(model, guide, *args, **kwargs)
-        rtol = 1e-6 if dtype == torch.float32 else 1e-12
+        # float32: the recorded graph computes a repeated intermediate once (common subexpressions), so
+        # autograd adds its gradient contributions in another order: equal to a few ulps, not to the bit
+        rtol = 1e-5 if dtype == torch.float32 else 1e-12
         for seed in (3, 4):
             loss_j, grads_j = _loss_and_grads(jit, model, guide, args, kwargs, seed)
             loss_e, grads_e = _loss_and_grads(eager, model, guide, args, kwargs, seed)
