@@ -35,6 +35,7 @@ from pyro_rpm import (
     observe_trajectories,
 )
 from pyro_rpm.infer import CompileFallbackWarning
+from pyro_rpm.train.optim import FusedAdam
 
 D = 2
 
@@ -324,6 +325,51 @@ def test_bad_settings_are_refused():
         JitRPM_ELBO(backend="xla")
     with pytest.raises(ValueError, match="check_every"):
         JitRPM_ELBO(check_every=0)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs backend='inductor'"):
+        JitRPM_ELBO(cuda_graphs=True)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
+        JitRPM_ELBO(backend="inductor", cuda_graphs="yes")
+
+
+def _infonce_svi(device, elbo, seed=0, B=32):
+    """An InfoNCE RPM on ``device`` under SVI with FusedAdam, from the initialisation of ``seed``."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    coupling = BilinearCoupling(4, name="g_W").to(device)
+    e1 = DeltaRecognition(_mlp(5, 4, torch.float32).to(device), 4, name="g_e1")
+    e2 = DeltaRecognition(_mlp(5, 4, torch.float32).to(device), 4, name="g_e2")
+
+    def model(x1, x2):
+        f1, f2 = e1(x1), e2(x2)
+        with pyro.plate("data", x1.shape[0]):
+            z1 = pyro.sample("z1", MarginalPrior(f1))
+            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
+            observe("x1", f1, z1)
+            observe("x2", f2, z2)
+
+    x = torch.randn(B, 5, device=device)
+    args = (x, x + 0.1 * torch.randn(B, 5, device=device))
+    return pyro.infer.SVI(model, RecognitionGuide(model), FusedAdam({"lr": 1e-2}), elbo), args
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["inductor", "cuda_graphs"])
+def test_compiled_step_on_cuda_follows_the_eager_trajectory(cuda_graphs):
+    """On CUDA the recorded step compiles with inductor and, with ``cuda_graphs=True``, is captured in
+    CUDA graphs (one launch per step); 20 SVI steps follow the eager RPM_ELBO's losses."""
+    device = torch.device("cuda")
+    svi, args = _infonce_svi(device, RPM_ELBO())
+    eager = [svi.step(*args) for _ in range(20)]
+    jit = JitRPM_ELBO(backend="inductor", cuda_graphs=cuda_graphs)
+    svi, args = _infonce_svi(device, jit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        compiled = [svi.step(*args) for _ in range(20)]
+    assert jit.stats["traced"] == 1 and jit.stats["replayed"] == 19  # step 1 eager, step 2 records
+    for a, b in zip(compiled, eager):
+        assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-3), (compiled, eager)
+    assert compiled[-1] < compiled[0]
+    assert all(p.device.type == "cuda" for p in pyro.get_param_store().values())
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:torch._dynamo")
