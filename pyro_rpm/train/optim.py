@@ -34,6 +34,10 @@ class MultiTensorOptim(PyroOptim):
     :param dict optim_args: keyword arguments of the optimiser (one set for all parameters).
     :param float clip_norm: optional global gradient-norm clipping (over all parameters together).
 
+    After each step the gradients of the stepped parameters are released (set to ``None``, as
+    ``optimizer.zero_grad(set_to_none=True)`` does), so :class:`pyro.infer.SVI`'s zeroing of the
+    gradients allocates nothing and the next backward pass writes them instead of adding into zeros.
+
     Parameters first seen after the first step join as a new parameter group. The state
     (:meth:`get_state` / :meth:`set_state`, used by :class:`pyro.infer.SVI` checkpoints) is keyed by
     parameter-store names, so it survives a restart.
@@ -72,6 +76,8 @@ class MultiTensorOptim(PyroOptim):
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self.optimizer.step(*args, **kwargs)
+        for p in params:  # torch's zero_grad(set_to_none=True): SVI's zeroing then allocates nothing
+            p.grad = None
 
     def _kernel_args(self, params: list[torch.Tensor]) -> dict[str, Any]:
         """The optimiser arguments, with ``fused=True`` where the optimiser has a fused kernel for
