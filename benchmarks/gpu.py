@@ -13,6 +13,14 @@ Part 2, end to end: SVI steps per second of the canonical two-view RPM with the 
 support (:class:`~pyro_rpm.support.full_data.FullDataSupport`, GradCache chunks of 8192), as in
 ``benchmarks/full_support.py``, and with the in-batch support (B = 256) for scale.
 
+Part 3, the training step (issue 15): the workloads of ``benchmarks/elbo_step.py`` (InfoNCE on MLP
+encoders at ``--batch``, and on the convolutional encoder at B = 256), interleaved: plain torch,
+``RPM_ELBO`` (traced), ``JitRPM_ELBO`` (replayed), ``JitRPM_ELBO(backend="inductor")`` and, on CUDA,
+``JitRPM_ELBO(backend="inductor", cuda_graphs=True)``; and mixed precision, plain torch and
+``JitRPM_ELBO`` under ``torch.autocast`` (bfloat16). ``--steps-sides`` chooses the sides (inductor
+compiles take about a minute each on the CPU, so ``--quick`` on the CPU times torch, traced and
+replayed only).
+
 Target (issue 6): the default normaliser at N = 1e6 in at most 2 ms on an H100.
 
 Usage::
@@ -24,7 +32,8 @@ The figure ``gpu.png`` (milliseconds per backend against N) goes to ``--out``. T
 is one JSON object: ``device_name``; for the default backend (``"auto"``) ``ms_<N>``,
 ``mpairs_per_s_<N>``, ``peak_mb_<N>``, ``speedup_vs_dense_<N>``; ``normaliser_ms_1e6`` and
 ``meets_2ms_target`` when N = 1e6 ran; every backend's row under ``backends``; ``svi_full_steps_per_s_<N>``
-and ``svi_inbatch_steps_per_s``.
+and ``svi_inbatch_steps_per_s``; ``step_ms_<workload>_<side>`` and ``step_ratio_<workload>_<side>`` (to plain
+torch) for part 3.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import full_support  # noqa: E402
 import normaliser  # noqa: E402
 from _common import sync, tag  # noqa: E402
+from _elbo_models import Side, conv_rbf, infonce_mlp  # noqa: E402
+from elbo_step import time_sides  # noqa: E402
 
 from pyro_rpm import RPM_ELBO, GaussianRecognition, RecognitionGuide, observe  # noqa: E402
 from pyro_rpm.cli.scripts import emit, progress, pyplot, save_figure, script_parser, setup
@@ -129,6 +140,40 @@ def svi_inbatch_steps_per_s(args, device: torch.device) -> float:
     return args.svi_steps / (time.perf_counter() - start)
 
 
+STEP_SIDES = ("torch", "rpm", "rpm_compiled", "rpm_inductor", "rpm_cuda_graphs", "torch_bf16", "rpm_compiled_bf16")
+
+
+def _autocast(side: Side, device: torch.device) -> Side:
+    """``side`` with every step under bfloat16 autocast."""
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return side.step()
+
+    return Side(step, side.params, side.loss)
+
+
+def time_training_steps(args, device: torch.device, sides: list[str]) -> dict[str, float]:
+    """Part 3: ms per step of every side of the two InfoNCE workloads, and the ratio to plain torch."""
+    result: dict[str, float] = {}
+    if device.type != "cuda":
+        sides = [s for s in sides if s != "rpm_cuda_graphs"]
+    plain = [s for s in sides if not s.endswith("_bf16")]
+    mixed = [s.removesuffix("_bf16") for s in sides if s.endswith("_bf16")]
+    for workload, build, batch in (("mlp", infonce_mlp, args.batch), ("conv", conv_rbf, 256)):
+        pyro.clear_param_store()
+        timed = build(plain, batch, args.seed, device)
+        if mixed:  # copies of their own (parameter names prefixed), stepped under autocast
+            copies = build(mixed, batch, args.seed, device, prefix="bf16_")
+            timed.update({f"{name}_bf16": _autocast(copies[name], device) for name in mixed})
+        ms = time_sides(timed, args.repeats, None, 100.0, device, f"steps {workload}", args.no_progress)
+        for name, value in ms.items():
+            result[f"step_ms_{workload}_{name}"] = value
+            result[f"step_ratio_{workload}_{name}"] = value / ms["torch"]
+            print(f"step {workload} B={batch:<5} {name:20s} {value:9.3f} ms  {value / ms['torch']:6.2f}x", flush=True)
+    return result
+
+
 def _figure(out: str, rows: dict[tuple[str, int], dict], sizes: list[int], device_name: str) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -168,6 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 20; 3 with --quick)")
     parser.add_argument("--svi-steps", type=int, default=None, help="timed SVI steps (default 100; 20 with --quick)")
     parser.add_argument("--full-sizes", default=None, help="N for the whole-data SVI run (default 1e5,1e6; 1e4 quick)")
+    parser.add_argument(
+        "--steps-sides", default=None,
+        help=f"comma-separated sides of part 3 from {','.join(STEP_SIDES)}, or 'none' (default: all; "
+        "torch,rpm,rpm_compiled with --quick on the CPU)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.batch < 2 or args.dim < 1:
         parser.error("--batch must be >= 2 and --dim >= 1")
@@ -179,6 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = _parse_sizes(parser, "--sizes", args.sizes or ("1e4,1e5" if args.quick else "1e4,1e5,1e6"), 1)
     full_sizes = _parse_sizes(parser, "--full-sizes", args.full_sizes or ("1e4" if args.quick else "1e5,1e6"), args.batch)
     device = setup(args)
+    quick_cpu = args.quick and device.type != "cuda"
+    step_sides = (args.steps_sides or ("torch,rpm,rpm_compiled" if quick_cpu else ",".join(STEP_SIDES))).split(",")
+    step_sides = [] if step_sides == ["none"] else step_sides
+    if step_sides and ("torch" not in step_sides or not set(step_sides) <= set(STEP_SIDES)):
+        parser.error(f"--steps-sides must name 'torch' and sides from {', '.join(STEP_SIDES)}, got {args.steps_sides!r}")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thread)"
     auto = "auto"
     result: dict = {"device": str(device), "device_name": device_name, "batch": args.batch, "dim": args.dim}
@@ -204,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = full_support.measure("gradcache", n, full_args, device)
         result[f"svi_full_steps_per_s_{tag(n)}"] = row["steps_per_s"]
         print(f"SVI whole data N={tag(n)}: {row['steps_per_s']:.2f} steps/s", flush=True)
+    if step_sides:
+        result.update(time_training_steps(args, device, step_sides))
     result["figure"] = _figure(args.out, rows, sizes, device_name)
     emit(result)
     return result

@@ -49,22 +49,32 @@ def test_infonce_identity_script(tmp_path):
 
 
 def test_elbo_step_benchmark(tmp_path):
+    """Every side of every workload is timed; the RPM sides compute plain torch's loss and gradients
+    (the compiled sides checked on a replayed step); the ratios are the ratios of the timed sides."""
     result, stdout = _run(
         "benchmarks/elbo_step.py",
-        *("--quick", "--rounds", "2", "--block", "5", "--no-progress", "--out", str(tmp_path)),
-        *("--profile", "--profile-steps", "20"),
+        *("--quick", "--rounds", "2", "--block", "2", "--no-progress", "--out", str(tmp_path)),
+        *("--batch-sizes", "16,64", "--conv-batch-size", "32", "--torch-compile-batch-sizes", "none"),
+        *("--profile", "--profile-steps", "5"),
     )
-    for b in (16, 256):
-        for key in ("ratio", "ratio_pyro_adam", "ratio_fused_adam", "ms_torch", "ms_rpm", "ms_pyro_adam"):
-            value = result[f"{key}_b{b}"]
-            assert math.isfinite(value) and value > 0, f"{key}_b{b} = {value}"
-        assert result[f"ratio_b{b}"] == min(result[f"ratio_pyro_adam_b{b}"], result[f"ratio_fused_adam_b{b}"])
-        assert result[f"ms_rpm_b{b}"] == pytest.approx(result[f"ratio_b{b}"] * result[f"ms_torch_b{b}"])
-        # both sides compute the same loss and gradients (the RPM loss is B (InfoNCE + log B))
+    for b in (16, 64):
+        for side in ("torch", "rpm", "rpm_compiled"):
+            value = result[f"ms_{side}_b{b}"]
+            assert math.isfinite(value) and value > 0, f"ms_{side}_b{b} = {value}"
+        assert result[f"ratio_b{b}"] == pytest.approx(result[f"ms_rpm_b{b}"] / result[f"ms_torch_b{b}"])
+        assert result[f"ratio_compiled_b{b}"] == pytest.approx(result[f"ms_rpm_compiled_b{b}"] / result[f"ms_torch_b{b}"])
+        # the RPM loss is B (InfoNCE + log B); the gradients are the same
         assert result[f"initial_loss_abs_diff_b{b}"] <= 1e-5
         assert result[f"initial_grad_rel_diff_b{b}"] <= 1e-4
+    assert result["initial_loss_abs_diff_b32"] <= 1e-5 and result["initial_grad_rel_diff_b32"] <= 1e-4  # conv
+    assert result["ratio_conv_b32"] == pytest.approx(result["ms_conv_rpm_compiled"] / result["ms_conv_torch"])
+    assert result["ratio_markov_loop_vs_vectorised"] == pytest.approx(
+        result["ms_markov_loop_compiled"] / result["ms_markov_vectorised_compiled"]
+    )
+    assert "ratio_torch_compiled_b16" not in result and result["torch_compile_batch_sizes"] == []
     assert result["threads"] == 1
-    assert "cProfile of 20 RPM steps" in stdout and "RPM_ELBO._fill_log_probs" in stdout
+    assert "cProfile of 5 RPM steps" in stdout and "RPM_ELBO._fill_log_probs" in stdout
+    assert "torch.profiler of 5 JitRPM_ELBO steps" in stdout and "aten::" in stdout
     assert (tmp_path / "elbo_step.png").stat().st_size > 5_000
 
 
@@ -74,8 +84,16 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
         "benchmarks/gpu.py",
         *("--quick", "--device", "cpu", "--sizes", "2000", "--repeats", "1", "--batch", "16"),
         *("--svi-steps", "2", "--full-sizes", "500", "--no-progress", "--out", str(tmp_path)),
+        *("--steps-sides", "torch,rpm,rpm_compiled,rpm_compiled_bf16"),
     )
     assert result["device"] == "cpu" and result["device_name"].startswith("cpu")
+    for workload in ("mlp", "conv"):  # part 3: the training step, mixed precision included
+        assert result[f"step_ratio_{workload}_torch"] == 1.0
+        for side in ("rpm", "rpm_compiled", "rpm_compiled_bf16"):
+            ms = result[f"step_ms_{workload}_{side}"]
+            assert math.isfinite(ms) and ms > 0, (workload, side)
+            assert result[f"step_ratio_{workload}_{side}"] == pytest.approx(ms / result[f"step_ms_{workload}_torch"])
+        assert f"step_ms_{workload}_rpm_cuda_graphs" not in result  # CUDA only
     for key in ("ms_2000", "mpairs_per_s_2000", "speedup_vs_dense_2000", "svi_inbatch_steps_per_s", "svi_full_steps_per_s_500"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert "normaliser_ms_1e6" not in result  # only reported when N = 1e6 ran
@@ -86,7 +104,11 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--repeats", "0"], ["--svi-steps", "-1"], ["--sizes", "abc"], ["--full-sizes", "10"], ["--batch", "1"]]
+    "args",
+    [
+        ["--repeats", "0"], ["--svi-steps", "-1"], ["--sizes", "abc"], ["--full-sizes", "10"], ["--batch", "1"],
+        ["--steps-sides", "rpm"], ["--steps-sides", "torch,warp"],
+    ],  # fmt: skip
 )
 def test_gpu_benchmark_rejects_bad_arguments(args):
     proc = run_script("benchmarks/gpu.py", "--device", "cpu", *args, timeout=120)
