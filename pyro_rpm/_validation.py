@@ -80,6 +80,13 @@ def graph_capture() -> Iterator[None]:
         _CAPTURING[0] -= 1
 
 
+def recording_graph() -> bool:
+    """Whether the code runs inside a :func:`graph_capture` scope (a :class:`~pyro_rpm.JitRPM_ELBO`
+    recording, which keeps the forward operations only: a custom :class:`torch.autograd.Function`'s
+    own backward is not recorded, so code with a plain-operations alternative takes it)."""
+    return _CAPTURING[0] > 0
+
+
 def capturing() -> bool:
     """Whether the code runs under :func:`torch.compile` tracing or a :func:`graph_capture` scope.
 

@@ -5,11 +5,35 @@ folding, identities) run once after recording."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["Graph", "mutated_persistent_tensors", "simplify"]
+__all__ = ["Graph", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
+
+
+@contextlib.contextmanager
+def custom_autograd_functions() -> Iterator[list[str]]:
+    """Collect the names of the custom :class:`torch.autograd.Function` classes applied inside.
+
+    A recording with :func:`~torch.fx.experimental.proxy_tensor.make_fx` keeps their forward
+    operations but not their own backward, so a replay under autograd would differentiate the forward
+    operations instead (wrong where the backward is not their derivative: recomputation, chunked
+    accumulation, a gradient through a detached value). The step that uses one is not replayed."""
+    used: list[str] = []
+    original = torch.autograd.Function.__dict__["apply"]
+
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        used.append(cls.__qualname__)
+        return original.__func__(cls, *args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign]
+    try:
+        yield used
+    finally:
+        torch.autograd.Function.apply = original  # type: ignore[method-assign]
 
 
 def mutated_persistent_tensors(gm: torch.fx.GraphModule) -> list[str]:

@@ -80,7 +80,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._pyro import param_store_rollback
 from .._validation import check_choice, check_int, check_optional_int, graph_capture
-from ._graph import Graph, mutated_persistent_tensors, simplify
+from ._graph import Graph, custom_autograd_functions, mutated_persistent_tensors, simplify
 from .elbo import RPM_ELBO
 
 __all__ = ["BACKENDS", "CompileFallbackWarning", "JitRPM_ELBO"]
@@ -116,10 +116,8 @@ class JitRPM_ELBO(RPM_ELBO):
         :class:`pyro.infer.Trace_ELBO`), passed on unchanged.
     :param str backend: ``"fx"`` (replay the recorded graph) or ``"inductor"`` (compile it with
         :func:`torch.compile`).
-    :param bool cuda_graphs: with ``backend="inductor"``, capture the compiled step of CUDA
-        tensors in CUDA graphs (inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"``
-        sets): one graph launch per step instead of one kernel launch per operation. No effect on
-        CPU tensors.
+    :param bool cuda_graphs: with ``backend="inductor"``, capture the compiled step of CUDA tensors in
+        CUDA graphs (``triton.cudagraphs``, as ``mode="reduce-overhead"``); no effect on the CPU.
     :param check_every: debug mode: every this many replays, also compute the step eagerly under the
         same random state and compare (``None``: never).
     :param float check_rtol: relative tolerance of that comparison.
@@ -290,7 +288,7 @@ class JitRPM_ELBO(RPM_ELBO):
         devices = sorted({t.device.index or 0 for t in [*params, *tensors] if t.device.type == "cuda"})
         try:
             with torch.random.fork_rng(devices=devices), graph_capture(), pyro.validation_enabled(False):
-                with param_store_rollback():
+                with param_store_rollback(), custom_autograd_functions() as functions:
                     gm = make_fx(step, tracing_mode="real")(params, tensors)
         except _Unrecordable as reason:
             self._warn_once(str(reason))
@@ -299,6 +297,9 @@ class JitRPM_ELBO(RPM_ELBO):
             self.last_error = error
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self._warn_once(f"recording failed: {type(error).__name__}: {first[:300]}")
+            return None
+        if functions:
+            self._warn_once(f"it applies autograd functions whose backward is not recorded: {sorted(set(functions))}")
             return None
         if len(store) != len(set(store.keys())) or set(touched) != set(names):
             self._warn_once(

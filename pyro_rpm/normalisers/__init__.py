@@ -57,7 +57,14 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_finite, check_optional_int, check_positive, check_same_device_and_dtype, check_tensor
+from .._validation import (
+    check_finite,
+    check_optional_int,
+    check_positive,
+    check_same_device_and_dtype,
+    check_tensor,
+    recording_graph,
+)
 from .choice import BACKENDS, Normaliser
 from .dense import clamped_logsumexp
 from .features import DotFeatures, FeatureMap, GaussianFeatures
@@ -79,6 +86,9 @@ __all__ = [
 #: backend names accepted by ``backend=``.
 #: ``"auto"`` uses the dense table up to this many (latent, support point) pairs.
 DENSE_MAX_PAIRS = 2**16
+#: While :class:`~pyro_rpm.JitRPM_ELBO` records a step, ``"auto"`` uses the dense table up to this
+#: many pairs: the chunked backends are autograd functions whose backward a recording cannot keep.
+RECORDED_DENSE_MAX_PAIRS = 2**23
 #: ``"auto"`` screens (:mod:`.screened`) from this many pairs on, where float64 accumulation is asked for.
 SCREEN_MIN_PAIRS = 2**20
 #: default chunk sizes: about 8 MiB of float64 scores per chunk for the streamed kernel.
@@ -119,7 +129,7 @@ def resolve_backend(backend: str, num_pairs: int, device: torch.device, work_dty
         )
     if backend != "auto":
         return backend
-    if num_pairs <= DENSE_MAX_PAIRS:
+    if num_pairs <= DENSE_MAX_PAIRS or (recording_graph() and num_pairs <= RECORDED_DENSE_MAX_PAIRS):
         return "dense"
     if num_pairs >= SCREEN_MIN_PAIRS and screening_available(device, work_dtype):
         return "screened"
@@ -176,7 +186,9 @@ def _run(name: str, q, a, b, features: FeatureMap, chunk_size: int | None, devic
     if name == "screened":
         exact = fused_kernel(device) if fused_available(device, q.dtype) else StreamedKernel()
         exact_chunk = chunk_size or (_FUSED_CHUNK if exact.name == "fused" else _streamed_chunk(num_rows))
-        return screened_logsumexp(q, a, b, features, exact, fused_kernel(device), exact_chunk, chunk_size or _FUSED_CHUNK)
+        return screened_logsumexp(
+            q, a, b, features, exact, fused_kernel(device), exact_chunk, chunk_size or _FUSED_CHUNK
+        )
     kernel = StreamedKernel() if name == "streamed" else fused_kernel(device)
     if chunk_size is None:
         chunk_size = _FUSED_CHUNK if name == "fused" else _streamed_chunk(num_rows)

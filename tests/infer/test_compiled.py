@@ -320,6 +320,48 @@ def test_enumeration_is_refused_as_by_rpm_elbo():
         JitRPM_ELBO().differentiable_loss(model, guide, torch.randn(4))
 
 
+def _grads_against_eager(jit, model, guide, args):
+    """Loss and gradients of a replay (after the eager and the recording call) and of RPM_ELBO."""
+    for _ in range(2):
+        jit.differentiable_loss(model, guide, *args)
+    return _loss_and_grads(jit, model, guide, args, {}, 0), _loss_and_grads(RPM_ELBO(), model, guide, args, {}, 0)
+
+
+def test_a_batch_past_the_dense_table_records_the_dense_table():
+    """B = 300: 90000 (latent, atom) pairs, where RPM_ELBO's "auto" normaliser runs the chunked
+    autograd function. Its backward cannot be recorded (replays gave wrong gradients at B = 1024),
+    so while recording "auto" takes the dense table, and the replay has the eager gradients."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model, guide, args, _ = _infonce(torch.float32, B=300)
+    jit = JitRPM_ELBO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        (loss_j, grads_j), (loss_e, grads_e) = _grads_against_eager(jit, model, guide, args)
+    assert jit.stats["traced"] == 1 and jit.stats["fallbacks"] == 0
+    assert math.isclose(float(loss_j), float(loss_e), rel_tol=1e-5)
+    scale = max(float(g.abs().max()) for g in grads_e)  # a bias whose gradient is 0 in exact arithmetic
+    assert max(float((gj - ge).abs().max()) for gj, ge in zip(grads_j, grads_e)) <= 1e-5 * scale
+
+
+def test_a_step_with_a_custom_autograd_function_is_not_replayed(monkeypatch):
+    """Where the chunked normaliser must run while recording (here: the dense limit set to 0), the
+    step is not recorded: one warning, and every step is the eager one with the eager gradients."""
+    import pyro_rpm.normalisers as normalisers
+
+    monkeypatch.setattr(normalisers, "RECORDED_DENSE_MAX_PAIRS", 0)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model, guide, args, _ = _infonce(torch.float32, B=300)
+    jit = JitRPM_ELBO()
+    with pytest.warns(CompileFallbackWarning, match="autograd functions whose backward is not recorded"):
+        (loss_j, grads_j), (loss_e, grads_e) = _grads_against_eager(jit, model, guide, args)
+    assert jit.stats["traced"] == 0 and jit.stats["replayed"] == 0 and jit.stats["fallbacks"] >= 1
+    assert float(loss_j) == float(loss_e)
+    for gj, ge in zip(grads_j, grads_e):
+        assert torch.equal(gj, ge)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="backend must be one of"):
         JitRPM_ELBO(backend="xla")
