@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     compiled_at = _sizes(args.torch_compile_batch_sizes or compile_default, parser, "--torch-compile-batch-sizes")
     if rounds < 1 or (args.block is not None and args.block < 1) or min(batch_sizes, default=2) < 2:
         parser.error("need --rounds >= 1, --block >= 1 and batch sizes >= 2")
+    if args.conv_batch_size < 0 or args.conv_batch_size == 1 or not block_ms > 0 or args.profile_steps < 1:
+        parser.error("need --conv-batch-size 0 or >= 2, --block-ms > 0 and --profile-steps >= 1")
     try:
         device = setup(args)
     except ValueError as error:

@@ -9,9 +9,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_rpm import observe
+from pyro_rpm import ContrastivePrior, MarginalPrior, observe
 
-__all__ = ["two_view_model"]
+__all__ = ["infonce_model", "two_view_model"]
 
 
 def two_view_model(r1: Callable, r2: Callable, dim: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -25,5 +25,21 @@ def two_view_model(r1: Callable, r2: Callable, dim: int) -> Callable[[torch.Tens
             z = pyro.sample("z", dist.Normal(torch.zeros(dim), 1.0).to_event(1))
             observe("x1", f1, z)
             observe("x2", f2, z)
+
+    return model
+
+
+def infonce_model(e1: Callable, e2: Callable, coupling: Callable) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The InfoNCE model of ``docs/core.md`` §7: ``z1`` from the empirical marginal of ``e1``'s factors,
+    ``z2`` from the contrastive prior of ``e2``'s factors coupled to ``z1``, each observed by its
+    recognition (sites ``"x1"``, ``"x2"``); called as ``model(x1, x2)``."""
+
+    def model(x1, x2):
+        f1, f2 = e1(x1), e2(x2)
+        with pyro.plate("data", x1.shape[0]):
+            z1 = pyro.sample("z1", MarginalPrior(f1))
+            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
+            observe("x1", f1, z1)
+            observe("x2", f2, z2)
 
     return model

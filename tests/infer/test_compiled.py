@@ -15,6 +15,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import infonce_model
 from pyro.distributions import constraints
 from torch import nn
 
@@ -22,13 +23,11 @@ from pyro_rpm import (
     RPM_ELBO,
     BilinearCoupling,
     ConjugateGaussianGuide,
-    ContrastivePrior,
     DeltaRecognition,
     GaussianProcessPrior,
     GaussianRecognition,
     JitRPM_ELBO,
     LinearGaussianStateSpacePrior,
-    MarginalPrior,
     RecognitionGuide,
     fit,
     observe,
@@ -62,14 +61,7 @@ def _infonce(dtype, B=12):
     coupling = BilinearCoupling(4, name="c_W").to(dtype)
     e1 = DeltaRecognition(_mlp(5, 4, dtype), 4, name="c_e1")
     e2 = DeltaRecognition(_mlp(5, 4, dtype), 4, name="c_e2")
-
-    def model(x1, x2):
-        f1, f2 = e1(x1), e2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
+    model = infonce_model(e1, e2, coupling)
 
     return model, RecognitionGuide(model), (torch.randn(B, 5, dtype=dtype), torch.randn(B, 5, dtype=dtype)), {}
 
@@ -380,14 +372,7 @@ def _infonce_svi(device, elbo, seed=0, B=32):
     coupling = BilinearCoupling(4, name="g_W").to(device)
     e1 = DeltaRecognition(_mlp(5, 4, torch.float32).to(device), 4, name="g_e1")
     e2 = DeltaRecognition(_mlp(5, 4, torch.float32).to(device), 4, name="g_e2")
-
-    def model(x1, x2):
-        f1, f2 = e1(x1), e2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
+    model = infonce_model(e1, e2, coupling)
 
     x = torch.randn(B, 5, device=device)
     args = (x, x + 0.1 * torch.randn(B, 5, device=device))
