@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             rows[name, n] = _run_child(name, n, args)
         for name, timing in time_backends(active, n, args, device, args.no_progress).items():
             rows[name, n].update(timing)
-    default = {n: resolve_backend("auto", args.batch * n, device, torch.float64) for n in sizes}
+    default = {n: resolve_backend("auto", args.batch * n, device, torch.float64, n) for n in sizes}
     print(
         f"{'backend':>14} {'N':>8} {'ms':>10} {'Mpairs/s':>9} {'CPU ms':>10} {'peak MB':>8} {'val err':>8} {'grad err':>8}"
     )

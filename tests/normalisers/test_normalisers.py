@@ -261,6 +261,14 @@ def test_resolve_backend():
     assert resolve_backend("auto", 10**7, cpu, torch.float64) == ("screened" if HAS_FUSED else "streamed")
     assert resolve_backend("auto", 2**19, cpu, torch.float64) == ("fused" if HAS_FUSED else "streamed")
     assert resolve_backend("auto", 10**7, cpu, torch.float32) == ("fused" if HAS_FUSED else "streamed")
+    # Small batches against large supports screen below 2^20 pairs (issue 15, defect 3) ...
+    assert resolve_backend("auto", 16 * 10**4, cpu, torch.float64, 10**4) == ("screened" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 16 * 10**4, cpu, torch.float64) == ("fused" if HAS_FUSED else "streamed")
+    # ... but not larger batches, small supports, dense-sized tables or float32 work.
+    assert resolve_backend("auto", 64 * 10**4, cpu, torch.float64, 10**4) == ("fused" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 16 * 4000, cpu, torch.float64, 4000) == "dense"
+    assert resolve_backend("auto", 32 * 4000, cpu, torch.float64, 4000) == ("fused" if HAS_FUSED else "streamed")
+    assert resolve_backend("auto", 16 * 10**4, cpu, torch.float32, 10**4) == ("fused" if HAS_FUSED else "streamed")
     if HAS_FUSED:
         assert resolve_backend("screened", 10, cpu, torch.float32) == "fused"  # nothing to screen in float32
     assert resolve_backend("streamed", 100, cpu, torch.float64) == "streamed"

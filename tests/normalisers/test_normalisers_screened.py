@@ -231,8 +231,11 @@ def test_auto_screens_large_float64_problems(kept):
     calls = len(kept)  # 1, or 2 with the float64 refinement pass (pyro_rpm.normalisers.refine)
     assert calls in (1, 2)
     gaussian_logsumexp(z[:8], loc[:5000], scale[:5000])  # 4e4 pairs: the dense table
+    gaussian_logsumexp(z[:20], loc[:5000], scale[:5000])  # 1e5 pairs, N < 2^13: fused
     gaussian_logsumexp(z, loc, scale, accumulate_dtype=torch.float32)  # float32 work: plain fused
     assert len(kept) == calls
+    gaussian_logsumexp(z[:16], loc[:10000], scale[:10000])  # 1.6e5 pairs, but B <= 32 and N >= 2^13
+    assert len(kept) > calls
 
 
 def test_svi_training_with_the_whole_data_support_matches_the_fused_backend(kept):
