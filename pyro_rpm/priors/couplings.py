@@ -173,6 +173,19 @@ class Coupling(nn.Module):
         raise NotImplementedError
 
 
+def _unit_vectors(x: torch.Tensor) -> torch.Tensor:
+    r""":math:`x / \lVert x \rVert` along the last dimension, without overflow or underflow of the norm.
+
+    ``F.normalize`` squares the entries: at :math:`|x| \sim 10^{20}` in float32 (:math:`10^{155}` in
+    float64) the norm is ``inf`` and every direction becomes 0, and below its ``eps`` the vector is not
+    normalised; dividing by :math:`\max_i |x_i|` first keeps the result exact at every scale. The zero
+    vector stays 0.
+    """
+    peak = x.detach().abs().amax(-1, keepdim=True)
+    scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return F.normalize(scaled, dim=-1, eps=0.5)  # a scaled nonzero vector has norm >= 1
+
+
 def _stochastic_gaussian(factors: Factor) -> bool:
     """Whether the factors are diagonal Gaussians that are not point masses (closed-form expectations)."""
     return not factors.is_point_mass and factors.diagonal_gaussian() is not None
@@ -331,6 +344,10 @@ class RBFCoupling(AnisotropicRBFCoupling):
 class CosineCoupling(Coupling):
     r"""SimCLR's cosine critic :math:`g(z, z') = \cos(z, z') / \tau`.
 
+    The directions are computed without overflow at any scale of the latents (before: every
+    cosine was 0 at :math:`|z| \sim 10^{20}` in float32, a silent uniform answer); a zero vector
+    has cosine 0 with everything.
+
     For stochastic factors the expectation has no closed form; the factor mean is used.
 
     :param float temperature: :math:`\tau > 0`.
@@ -347,21 +364,20 @@ class CosineCoupling(Coupling):
 
     def forward(self, z: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         self._register()
-        return F.cosine_similarity(z, z2, dim=-1, eps=1e-8) / self._value("log_temperature", z.dtype).exp()
+        cosine = (_unit_vectors(z) * _unit_vectors(z2)).sum(-1)
+        return cosine / self._value("log_temperature", z.dtype).exp()
 
     def pairwise(self, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
         self._register()
-        zn = F.normalize(z, dim=-1, eps=1e-8)
-        an = F.normalize(atoms, dim=-1, eps=1e-8)
-        return zn @ an.transpose(-1, -2) / self._value("log_temperature", z.dtype).exp()
+        return _unit_vectors(z) @ _unit_vectors(atoms).transpose(-1, -2) / self._value("log_temperature", z.dtype).exp()
 
     streams = True
 
     def _streamed_logsumexp(
         self, z: torch.Tensor, factors: Factor, backend: str, chunk_size: int | None
     ) -> torch.Tensor:
-        query = F.normalize(z, dim=-1, eps=1e-8) / self._value("log_temperature", z.dtype).exp()
-        keys = F.normalize(factors.mean, dim=-1, eps=1e-8)
+        query = _unit_vectors(z) / self._value("log_temperature", z.dtype).exp()
+        keys = _unit_vectors(factors.mean)
         return score_logsumexp(query, keys, backend=backend, chunk_size=chunk_size)
 
 

@@ -22,6 +22,7 @@ import pyro_rpm
 from pyro_rpm import (
     BilinearCoupling,
     ContrastivePrior,
+    CosineCoupling,
     DeltaFactor,
     GaussianFactor,
     LaplaceCoupling,
@@ -213,3 +214,36 @@ def test_bilinear_coupling_is_not_refused_for_far_anchors():
         factors, BilinearCoupling(D).to(torch.float64), torch.full((M, D), 1e20, dtype=torch.float64)
     )
     assert torch.isfinite(prior.log_prob(factors.mean)).all()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"), [(torch.float32, 1e20), (torch.float32, 1e-30), (torch.float64, 1e200)]
+)
+def test_cosine_coupling_is_scale_invariant_at_any_magnitude(dtype, magnitude):
+    """Before: F.normalize squared 1e20 to inf in float32, every cosine was 0 and the prior silently uniform."""
+    g = torch.Generator().manual_seed(4)
+    means, directions = (
+        torch.randn(M, D, generator=g, dtype=torch.float64),
+        torch.randn(M, D, generator=g, dtype=torch.float64),
+    )
+    factors, coupling = DeltaFactor(means), CosineCoupling(0.5).to(torch.float64)
+    expected = ContrastivePrior(factors, coupling, directions).log_prob(means)  # unit-scale float64 reference
+    far = ContrastivePrior(
+        DeltaFactor(means.to(dtype)), CosineCoupling(0.5).to(dtype), (directions * magnitude).to(dtype)
+    )
+    got = far.log_prob(means.to(dtype))
+    assert torch.allclose(got.double(), expected, rtol=10 * torch.finfo(dtype).eps, atol=0)
+    assert not torch.allclose(expected, expected.mean().expand(M))  # the answer is not uniform
+
+
+def test_bilinear_coupling_in_float32_is_accurate_for_far_anchors():
+    """z^T W z' in float32 at |z| = 1e20 against the float64 computation from the same float32 inputs."""
+    g = torch.Generator().manual_seed(5)
+    means, anchors = torch.randn(M, D, generator=g), torch.randn(M, D, generator=g) * 1e20
+    coupling = BilinearCoupling(D)
+    got = ContrastivePrior(DeltaFactor(means), coupling, anchors).log_prob(means)
+    coupling64 = BilinearCoupling(D).to(torch.float64)
+    coupling64.load_state_dict(coupling.state_dict())
+    expected = ContrastivePrior(DeltaFactor(means.double()), coupling64, anchors.double()).log_prob(means.double())
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), expected, rtol=1e-6, atol=0)
