@@ -57,6 +57,7 @@ from ..normalisers.dense import _accumulation_dtype, clamped_logsumexp
 __all__ = [
     "FAR_LATENT_MAX_ELEMENTS",
     "far_latent_log_prob",
+    "far_latent_log_softmax",
     "far_latent_threshold",
     "gaussian_latent_range",
     "shared_scale_row",
@@ -171,6 +172,54 @@ def far_latent_log_prob(
         log_prob = -clamped_logsumexp(delta, -1)
     check_representable(log_prob, out_dtype, name)
     return log_prob.to(out_dtype).reshape(shape)
+
+
+def far_latent_log_softmax(latent: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, *, name: str = "latent"):
+    r"""The whole table :math:`\log p(x = x_m \mid z_b)`, shape ``batch_shape + (M,)``, in the working dtype.
+
+    The same differences as :func:`far_latent_log_prob` (module docstring), for every support point:
+    with a shared scale the linear scores :math:`g_m`, else :math:`\ell_m - \ell_k` (paired with the
+    row's largest logit k); their log-softmax is accurate to :math:`\epsilon_w` relative to the size of the
+    terms of :math:`\Delta` (module docstring) where each logit alone is not. It is what
+    :meth:`~pyro_rpm.likelihood.recognition.RecognitionLikelihood.sample` draws from for far latents.
+
+    :raises ValueError: naming ``name`` above :data:`FAR_LATENT_MAX_ELEMENTS` elements (``B x M x D``,
+        or ``B x M`` with a shared scale).
+    """
+    work = _accumulation_dtype(latent.dtype, latent.device)
+    dim, num_support = latent.shape[-1], loc.shape[0]
+    z = latent.to(work).reshape(-1, dim)
+    mu = loc.to(work)
+    centre = mu.detach().mean(0)
+    z_c, mu_c = z - centre, mu - centre
+    shared = shared_scale_row(scale)
+    elements = z.shape[0] * num_support * (1 if shared is not None else dim)
+    if elements > FAR_LATENT_MAX_ELEMENTS:
+        raise ValueError(
+            f"{name} lies so far from the support points that an exact table of its likelihood needs "
+            f"{elements} elements, above the limit {FAR_LATENT_MAX_ELEMENTS}; rescale the latent or use a smaller support set"
+        )
+    if shared is not None:
+        precision = shared.to(work).pow(-2)
+        keys = precision * mu_c
+        delta = z_c @ keys.T - 0.5 * (keys * mu_c).sum(-1)  # (R, M): the logits less a common term per row
+    else:
+        scale_w = scale.to(work).expand_as(mu)
+        quad, lin = -0.5 * scale_w.pow(-2), scale_w.pow(-2) * mu_c
+        const = -0.5 * (lin * mu_c).sum(-1) - scale_w.log().sum(-1)
+
+        def paired(ref: torch.Tensor) -> torch.Tensor:  # (R, M): l_m - l_ref(b), coefficients paired first
+            return (
+                ((quad.unsqueeze(0) - quad[ref].unsqueeze(1)) * (z_c * z_c).unsqueeze(1)).sum(-1)
+                + ((lin.unsqueeze(0) - lin[ref].unsqueeze(1)) * z_c.unsqueeze(1)).sum(-1)
+                + (const.unsqueeze(0) - const[ref].unsqueeze(1))
+            )
+
+        # Paired with each row's largest logit, so the log-softmax subtracts an exact 0.
+        delta = paired(paired(torch.zeros(z.shape[0], dtype=torch.long, device=z.device)).argmax(-1))
+    if not bool(torch.isfinite(delta).all()):
+        raise ValueError(f"{name} lies so far from the support points that the logits' differences overflow {work}")
+    return torch.log_softmax(delta, -1).reshape(latent.shape[:-1] + (num_support,))
 
 
 def check_representable(log_prob: torch.Tensor, dtype: torch.dtype, name: str) -> None:

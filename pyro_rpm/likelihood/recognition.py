@@ -53,9 +53,9 @@ from .._validation import (
 )
 from ..normalisers import Normaliser
 from ..recognition.base import Factor, use_dense
-from .far_latents import far_latent_log_prob, far_latent_threshold, gaussian_latent_range
+from .far_latents import far_latent_log_prob, far_latent_log_softmax, far_latent_threshold, gaussian_latent_range
 
-__all__ = ['RecognitionLikelihood', 'observe']
+__all__ = ["RecognitionLikelihood", "observe"]
 
 
 class RecognitionLikelihood(TorchDistribution):
@@ -193,8 +193,8 @@ class RecognitionLikelihood(TorchDistribution):
             return far
         return self.diagonal(value) - self.log_normaliser
 
-    def _far_latent_log_prob(self, value: torch.Tensor) -> torch.Tensor | None:
-        """The exact log-probability of a far latent (:meth:`log_prob`), or ``None`` for the usual path."""
+    def _far_gaussian(self) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """``(loc, scale, name)`` of diagonal Gaussian factors when the latent is far from them (:meth:`log_prob`), else ``None``."""
         if not self.latent.is_floating_point() or self.latent.device.type == "meta":
             return None
         key = structure("far-latent", self.latent)
@@ -208,7 +208,14 @@ class RecognitionLikelihood(TorchDistribution):
         if bound <= far_latent_threshold(self.latent.dtype, self.latent.device):
             mark_checked(key)
             return None
-        name = f"latent (at distance {extent:.3g} from the support's centre)"
+        return loc, scale, f"latent (at distance {extent:.3g} from the support's centre)"
+
+    def _far_latent_log_prob(self, value: torch.Tensor) -> torch.Tensor | None:
+        """The exact log-probability of a far latent (:meth:`log_prob`), or ``None`` for the usual path."""
+        far = self._far_gaussian()
+        if far is None:
+            return None
+        loc, scale, name = far
         return full_precision_call(
             far_latent_log_prob,
             self.latent,
@@ -221,8 +228,17 @@ class RecognitionLikelihood(TorchDistribution):
         )
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Draw support indices from the categorical; for far latents (:meth:`log_prob`) from the exact
+        table of :func:`~pyro_rpm.likelihood.far_latents.far_latent_log_softmax`, not the rounded logits."""
         with torch.no_grad():
-            return torch.distributions.Categorical(logits=self.logits).sample(sample_shape)
+            far = self._far_gaussian()
+            if far is None:
+                logits = self.logits
+            else:
+                loc, scale, name = far
+                table = far_latent_log_softmax(self.latent, loc, scale, name=name)
+                logits = table.expand(self.batch_shape + (self.num_support,))
+            return torch.distributions.Categorical(logits=logits).sample(sample_shape)
 
     def enumerate_support(self, expand: bool = True) -> torch.Tensor:
         values = torch.arange(self.num_support, device=self.latent.device)
@@ -306,7 +322,11 @@ def observe(
         index = torch.as_tensor(index, device=latent.device)
         if index.is_floating_point():
             raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
-        if index.numel() and value_checks_active() and (int(index.min()) < 0 or int(index.max()) >= likelihood.num_support):
+        if (
+            index.numel()
+            and value_checks_active()
+            and (int(index.min()) < 0 or int(index.max()) >= likelihood.num_support)
+        ):
             raise ValueError(
                 f"index must lie in [0, {likelihood.num_support}) (the support set), got range "
                 f"[{int(index.min())}, {int(index.max())}]"

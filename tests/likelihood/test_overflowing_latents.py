@@ -31,6 +31,7 @@ from pyro_rpm import (
 )
 from pyro_rpm.likelihood.far_latents import (
     FAR_LATENT_MAX_ELEMENTS,
+    far_latent_log_softmax,
     far_latent_threshold,
     gaussian_latent_range,
 )
@@ -247,3 +248,48 @@ def test_bilinear_coupling_in_float32_is_accurate_for_far_anchors():
     expected = ContrastivePrior(DeltaFactor(means.double()), coupling64, anchors.double()).log_prob(means.double())
     assert torch.isfinite(got).all()
     assert torch.allclose(got.double(), expected, rtol=1e-6, atol=0)
+
+
+def _reference_table(magnitude: float, dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """log p(x = x_m | z_b) for every (b, m), by mpmath (100 digits), ``(M, M)`` float64."""
+    loc, scale, latent = (t.double().tolist() for t in _problem(magnitude, dtype, shared))
+    rows = []
+    with mpmath.workdps(100):
+        for z in latent:
+            logits = [
+                sum(
+                    -((mpmath.mpf(z[d]) - mpmath.mpf(loc[m][d])) ** 2) / (2 * mpmath.mpf(scale[m][d]) ** 2)
+                    - mpmath.log(mpmath.mpf(scale[m][d]))
+                    for d in range(D)
+                )
+                for m in range(M)
+            ]
+            top = max(logits)
+            lse = top + mpmath.log(mpmath.fsum(mpmath.exp(v - top) for v in logits))
+            rows.append([float(v - lse) for v in logits])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-scale", "per-point-scales"])
+@pytest.mark.parametrize("magnitude", [1e20, 1e25])
+def test_far_latents_sample_from_the_exact_table(shared, magnitude):
+    """Before: ``sample()`` drew from the rounded logits (their differences, ~1e20, below the rounding
+    error of each, ~1e24), so the drawn index was noise; now it is the exact table's argmax (the
+    probabilities are one-hot to double precision here)."""
+    loc, scale, latent = _problem(magnitude, torch.float64, shared)
+    table = far_latent_log_softmax(latent, loc, scale)
+    reference = _reference_table(magnitude, torch.float64, shared)
+    # eps relative to the terms of the differences, which here reach ~10x the answer (per-point scales)
+    rtol = 4 * torch.finfo(torch.float64).eps * (1 if shared else 16)
+    torch.testing.assert_close(table, reference, rtol=rtol, atol=rtol)
+    likelihood = RecognitionLikelihood(GaussianFactor(loc, scale), latent)
+    draws = likelihood.sample((50,))
+    assert draws.shape == (50, M)
+    assert (draws == reference.argmax(-1)).all()
+
+
+def test_far_latent_table_refuses_problems_too_large_for_it():
+    loc, scale, latent = _problem(1e20, torch.float64, shared=False)
+    many = latent.expand(FAR_LATENT_MAX_ELEMENTS // (M * D) + 1, M, D)
+    with pytest.raises(ValueError, match="exact table of its likelihood needs"):
+        far_latent_log_softmax(many, loc, scale)
