@@ -11,8 +11,8 @@ per-frame encoder cannot undo on its own:
   the bob position :math:`(\sin\theta, -\cos\theta)` (unit rod from the image centre), smooth in time;
 * **frames**: the bob is a Gaussian blob of width ``blob_width`` pixels at
   :math:`c + 0.38\,S\,(\sin\theta, -\cos\theta)` (image centre :math:`c`, y pointing down);
-  ``num_distractors`` blobs of the same shape and brightness move on straight lines with constant
-  velocity and bounce off the borders; every frame gets its own background texture (white noise
+  ``num_distractors`` blobs of the same shape (peak brightness ``distractor_brightness`` times the
+  bob's; the same by default) move on straight lines with constant velocity and bounce off the borders; every frame gets its own background texture (white noise
   smoothed by a 3x3 box filter, amplitude ``background``);
 * **occlusion**: each frame independently, with probability ``occlusion``, is replaced by pure
   noise (the same texture without the pendulum or the distractors), so it carries no information
@@ -72,6 +72,7 @@ def distracted_video(
     size: int = 16,
     occlusion: float = 0.25,
     num_distractors: int = 2,
+    distractor_brightness: float = 1.0,
     background: float = 0.15,
     blob_width: float = 1.2,
     dt: float = 0.15,
@@ -85,6 +86,8 @@ def distracted_video(
     :param int size: S, the image side in pixels (at least 8).
     :param float occlusion: probability in [0, 1) that a frame is replaced by noise.
     :param int num_distractors: moving blobs that look like the bob (0 or more).
+    :param float distractor_brightness: their peak brightness relative to the bob's (0 or more; 1:
+        look-alikes that a per-frame encoder can tell from the bob only by where they are).
     :param float background: amplitude of the per-frame background texture (0 or more).
     :param float blob_width: standard deviation of each blob, in pixels.
     :param float dt: integration step of the pendulum (the natural frequency is 1).
@@ -97,6 +100,7 @@ def distracted_video(
     S = check_int(size, "size", 8, integral=True)
     K = check_int(num_distractors, "num_distractors", 0, integral=True)
     occlusion = check_number(occlusion, "occlusion", at_least=0.0, below=1.0)
+    brightness = check_number(distractor_brightness, "distractor_brightness", at_least=0.0)
     background = check_number(background, "background", at_least=0.0)
     blob_width = check_number(blob_width, "blob_width", greater_than=0.0)
     dt = check_number(dt, "dt", greater_than=0.0)
@@ -123,7 +127,7 @@ def distracted_video(
         span = high - low
         raw = start[:, None] - low + velocity[:, None] * np.arange(T)[None, :, None, None]  # (N, T, K, 2)
         folded = np.abs((raw % (2 * span)) - span)  # reflection off both borders
-        images = images + _blobs(low + span - folded, S, blob_width)
+        images = images + brightness * _blobs(low + span - folded, S, blob_width)
     images = images + _texture(textures, (N, T, S, S), background)
     mask = occluder.random((N, T)) < occlusion
     noise = _texture(occluder, (N, T, S, S), max(background, 0.3)) + occluder.random((N, T, S, S)) * 0.5

@@ -46,7 +46,26 @@ def test_occluded_frames_carry_no_information_about_the_latent():
     assert occluded < 0.02, occluded  # and finds nothing in an occluded frame
 
 
+def test_distractor_brightness_scales_the_distractors_only():
+    """Brightness 0 is the video without distractors; brightness b adds b times the distractors."""
+    options = {"occlusion": 0.2, "background": 0.1, "seed": 3}
+    none = distracted_video(3, 12, num_distractors=0, **options)
+    off = distracted_video(3, 12, distractor_brightness=0.0, **options)
+    full = distracted_video(3, 12, **options)
+    half = distracted_video(3, 12, distractor_brightness=0.5, **options)
+    visible = ~none.mask
+    assert torch.equal(none.latent, off.latent) and torch.equal(none.mask, off.mask)
+    assert torch.allclose(none.frames[visible], off.frames[visible], atol=1e-6)
+    assert torch.allclose(
+        half.frames[visible] - none.frames[visible], 0.5 * (full.frames - none.frames)[visible], atol=1e-5
+    )
+    assert (full.frames - none.frames)[visible].abs().max() > 0.5  # the distractors are there at brightness 1
+    assert torch.equal(full.frames[~visible], none.frames[~visible])  # occluded frames carry no distractor either
+
+
 def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="distractor_brightness"):
+        distracted_video(2, 5, distractor_brightness=-0.1)
     with pytest.raises(ValueError, match="occlusion"):
         distracted_video(2, 5, occlusion=1.0)
     with pytest.raises(ValueError, match="size"):
