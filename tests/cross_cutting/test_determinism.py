@@ -29,15 +29,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import infonce_model
 from torch import nn
 
 from pyro_rpm import (
     RPM_ELBO,
     BilinearCoupling,
-    ContrastivePrior,
     DeltaRecognition,
     GaussianRecognition,
-    MarginalPrior,
     RecognitionGuide,
     fit,
     observe,
@@ -85,13 +84,7 @@ def infonce():
     e1, e2 = DeltaRecognition(_mlp(10, D), D, name="e1"), DeltaRecognition(_mlp(10, D), D, name="e2")
     coupling = BilinearCoupling(D, name="g")  # named: the default name counts instances per process
 
-    def model(x1, x2):
-        f1, f2 = e1(x1), e2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
+    model = infonce_model(e1, e2, coupling)
 
     return model, RecognitionGuide(model)
 

@@ -31,6 +31,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _models import infonce_model
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -39,7 +40,6 @@ import pyro_rpm
 from pyro_rpm import (
     RPM_ELBO,
     BilinearCoupling,
-    ContrastivePrior,
     DeltaFactor,
     DeltaRecognition,
     GaussianFactor,
@@ -350,13 +350,7 @@ def test_infonce_identity_holds_to_float64_precision():
             module.to(dtype)
         e1, e2 = DeltaRecognition(net1, D_, name="e1"), DeltaRecognition(net2, D_, name="e2")
 
-        def model(x1, x2):
-            f1, f2 = e1(x1), e2(x2)
-            with pyro.plate("data", x1.shape[0]):
-                z1 = pyro.sample("z1", MarginalPrior(f1))
-                z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-                observe("x1", f1, z1)
-                observe("x2", f2, z2)
+        model = infonce_model(e1, e2, coupling)
 
         pyro.clear_param_store()
         a, b = x1.to(dtype), x2.to(dtype)

@@ -20,20 +20,18 @@ import math
 import pyro
 import pytest
 import torch
+from _models import infonce_model
 from torch import nn
 
 from pyro_rpm import (
     RPM_ELBO,
     AnisotropicRBFCoupling,
     BilinearCoupling,
-    ContrastivePrior,
     CosineCoupling,
     DeltaRecognition,
     LaplaceCoupling,
-    MarginalPrior,
     RBFCoupling,
     RecognitionGuide,
-    observe,
 )
 
 B, OBS = 16, 5
@@ -90,13 +88,7 @@ def _setup(name: str):
     e1 = DeltaRecognition(net1, d1, name="e1")
     e2 = DeltaRecognition(net2, d2, name="e2")
 
-    def model(x1, x2):
-        f1, f2 = e1(x1), e2(x2)
-        with pyro.plate("data", x1.shape[0]):
-            z1 = pyro.sample("z1", MarginalPrior(f1))
-            z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-            observe("x1", f1, z1)
-            observe("x2", f2, z2)
+    model = infonce_model(e1, e2, coupling)
 
     def infonce(x1, x2):
         g = reference_g(coupling, net1(x1), net2(x2))
@@ -145,9 +137,7 @@ def test_identity_holds_with_loss_and_grads_in_svi():
     model, guide, infonce, params = _setup("bilinear")
     x1, x2 = torch.randn(B, OBS), torch.randn(B, OBS)
     lr = 1e-2
-    expected = [
-        p - lr * g for p, g in zip(params, torch.autograd.grad(B * (infonce(x1, x2) + math.log(B)), params))
-    ]
+    expected = [p - lr * g for p, g in zip(params, torch.autograd.grad(B * (infonce(x1, x2) + math.log(B)), params))]
     svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": lr}), RPM_ELBO())
     loss = svi.step(x1, x2)
     assert math.isfinite(loss)
