@@ -134,7 +134,13 @@ class RecognitionLikelihood(TorchDistribution):
 
     @lazy_property
     def logits(self) -> torch.Tensor:
-        r"""Table :math:`\log f(z \mid x_m)`, shape ``batch_shape + (M,)``."""
+        r"""Table :math:`\log f(z \mid x_m)`, shape ``batch_shape + (M,)``.
+
+        Each entry is accurate relative to its own size; for latents far from the support points
+        (:meth:`log_prob`) their *differences* are not (they fall below the entries' rounding error),
+        so normalise with :meth:`log_prob`, or take the exact table from
+        :func:`~pyro_rpm.likelihood.far_latents.far_latent_log_softmax`, as :meth:`sample` does.
+        """
         return full_precision_call(self.factors.pairwise_log_prob, self.latent)
 
     @lazy_property
