@@ -72,6 +72,7 @@ from pyro_rpm import (  # noqa: E402
     BilinearCoupling,
     Coupling,
     DeltaRecognition,
+    JitRPM_ELBO,
     RBFCoupling,
     RecognitionGuide,
 )
@@ -164,11 +165,14 @@ def decode(z: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     }
 
 
-def train_coupling(kind, frames, *, steps, batch_size, lr, optimizer, seed, device, show_progress, image_size, coords):
+def train_coupling(
+    kind, frames, *, steps, batch_size, lr, optimizer, seed, device, show_progress, image_size, coords, compile="off"
+):
     """Train the encoder with coupling ``kind``; returns the net, the coupling and InfoNCE per step.
 
     The SVI loss is summed over the B pairs of a batch, so a plain-SGD learning rate acts B times
-    larger than on the mean.
+    larger than on the mean. ``compile="fx"`` or ``"inductor"`` trains with :class:`~pyro_rpm.JitRPM_ELBO`
+    (the step recorded once and replayed) instead of :class:`~pyro_rpm.RPM_ELBO`.
     """
     pyro.clear_param_store()
     torch.manual_seed(seed)  # the same initial encoder for both couplings
@@ -176,7 +180,8 @@ def train_coupling(kind, frames, *, steps, batch_size, lr, optimizer, seed, devi
     coupling = make_coupling(kind).to(device)
     model, guide = infonce_rpm(net, coupling)
     optim = pyro.optim.Adam({"lr": lr}) if optimizer == "adam" else pyro.optim.SGD({"lr": lr})
-    svi = pyro.infer.SVI(model, guide, optim, RPM_ELBO())
+    elbo = RPM_ELBO() if compile == "off" else JitRPM_ELBO(backend=compile)
+    svi = pyro.infer.SVI(model, guide, optim, elbo)
     generator = torch.Generator().manual_seed(seed + 1)
     log_b = math.log(batch_size)
     curve: list[float] = []
@@ -309,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--coords", choices=["pixel", "centred"], default="centred",
                         help="centre-of-mass units: the image mapped to [-1, 1] (default) or pixels")  # fmt: skip
     parser.add_argument("--couplings", nargs="+", choices=COUPLINGS, default=list(COUPLINGS), help="default both")
+    parser.add_argument("--compile", choices=["off", "fx", "inductor"], default="off",
+                        help="train with JitRPM_ELBO (the step recorded once, replayed; 'inductor' compiles it)")  # fmt: skip
     for action in parser._actions:  # the full setting takes the GPU when there is one
         if action.dest == "device":
             action.default, action.help = "auto", "torch device (default: cuda if available and not --quick, else cpu)"
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         net, coupling, curve = train_coupling(
             kind, frames_device, steps=steps, batch_size=batch_size, lr=lr, optimizer=args.optimizer, seed=args.seed,
             device=device,
-            show_progress=not args.no_progress, image_size=args.image_size, coords=args.coords,
+            show_progress=not args.no_progress, image_size=args.image_size, coords=args.coords, compile=args.compile,
         )  # fmt: skip
         scores = decode(encode(net, frames_device), flat_truth)
         curves[kind], predictions[kind], nets[kind] = curve, scores.pop("prediction"), net
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps": steps,
             "batch_size": batch_size,
             "optimizer": args.optimizer,
+            "compile": args.compile,
             "lr": lr,
             "image_size": args.image_size,
             "diameter": args.diameter,

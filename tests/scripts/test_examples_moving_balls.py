@@ -44,11 +44,30 @@ def test_moving_balls_quick_reaches_the_target(tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_moving_balls_quick_trains_through_the_compiled_step(tmp_path):
+    """Issue 15: the same example trained with JitRPM_ELBO (recorded once, replayed) reaches the same target."""
+    proc = _run("--quick", "--no-progress", "--couplings", "rbf", "--compile", "fx", "--out", str(tmp_path))
+    assert proc.returncode == 0, f"failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert "CompileFallbackWarning" not in proc.stderr  # replayed, not the eager fallback
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["compile"] == "fx"
+    assert result["r2_rbf_coupling"] >= 0.9 and min(result["r2_rbf_coupling_per_ball"]) >= 0.9, result
+    assert result["infonce_rbf_coupling"] < math.log(result["batch_size"]), result
+
+
 def test_moving_balls_rejects_bad_arguments(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("moving_balls_example", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for args in (["--batch-size", "1"], ["--steps", "0"], ["--image-size", "8"], ["--coords", "polar"], ["--lr", "-1"]):
+    for args in (
+        ["--batch-size", "1"],
+        ["--steps", "0"],
+        ["--image-size", "8"],
+        ["--coords", "polar"],
+        ["--lr", "-1"],
+        ["--compile", "yes"],
+    ):
         with pytest.raises(SystemExit) as error:
             module.main([*args, "--no-progress", "--out", str(tmp_path)])
         assert error.value.code == 2, args
