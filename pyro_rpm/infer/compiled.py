@@ -309,7 +309,9 @@ class JitRPM_ELBO(RPM_ELBO):
         written = mutated_persistent_tensors(gm)
         if written:
             self._warn_once(
-                f"the step writes in place into tensors that outlive it ({', '.join(sorted(set(written)))})"
+                f"the step writes in place into tensors that outlive it ({', '.join(sorted(set(written)))}; e.g. "
+                "BatchNorm's running statistics in training mode: GroupNorm, LayerNorm or "
+                "BatchNorm(track_running_stats=False) record)"
             )
             return None
         simplify(gm)
