@@ -6,8 +6,9 @@ swinging pendulum behind two moving look-alike distractors and a new background 
 a fraction ``--occlusion`` of the frames (default 0.3) is replaced by pure noise. The true latent
 is the bob position :math:`(\sin\theta, -\cos\theta)`. Frames are z-scored with the global mean and
 standard deviation. Every method sees the same frames, uses the same small conv net (two stride-2
-3x3 convolutions and two linear layers; only the width of the last layer differs: 2 outputs for a
-deterministic encoder, 4 for a Gaussian factor), the same Adam optimiser, the same number of
+3x3 convolutions and two linear layers; only the width of the last layer differs: K outputs for a
+deterministic encoder, 2K for a Gaussian factor; K = ``--latent-dim``, 8 by default and 2 with
+``--quick``), the same Adam optimiser, the same number of
 gradient steps and the same batch (B whole sequences, i.e. B*T frames, per step):
 
 1. ``pairwise``: InfoNCE as an RPM (:class:`~pyro_rpm.DeltaRecognition` +
@@ -57,8 +58,13 @@ every method is trained at each fraction; with ``--quick`` only ``pairwise`` (an
 
 Usage::
 
-    python examples/structure_vs_pairs.py            # N=384 (+64 held out), T=40, 1500 steps, full sweep
-    python examples/structure_vs_pairs.py --quick    # N=192 (+32 held out), T=30, 250 steps, two-method sweep (CPU, < 4 min)
+    python examples/structure_vs_pairs.py            # N=2048 (+64 held out), T=40, K=8, 1500 steps, full sweep
+    python examples/structure_vs_pairs.py --quick    # N=192 (+32 held out), T=30, K=2, 250 steps, two-method sweep (CPU, < 4 min)
+    python examples/structure_vs_pairs.py --distractor-brightness 0   # the same without the distractors
+
+``--distractor-brightness`` (default 1: look-alikes of the bob) scales the distractors' brightness.
+The distractors move smoothly too, so no temporal objective can tell them from the bob by their
+motion alone; a latent of K = 8 > 2 dimensions has room to encode them besides the bob.
 
 Figures (``--out``): ``sweep.png`` (R^2 on all and on occluded frames against the occluded
 fraction) and ``trajectories.png`` (one sequence: truth, pairwise, smoothed and best-prior
@@ -98,10 +104,9 @@ from pyro_rpm.likelihood.trajectory import observe_trajectories
 from pyro_rpm.priors.gp import GaussianProcessPrior
 from pyro_rpm.priors.state_space import LinearGaussianStateSpacePrior
 
-FULL = {"sequences": 384, "test_sequences": 64, "num_steps": 40, "steps": 1500, "batch_size": 16}
-QUICK = {"sequences": 192, "test_sequences": 32, "num_steps": 30, "steps": 250, "batch_size": 12}
+FULL = {"sequences": 2048, "test_sequences": 64, "num_steps": 40, "steps": 1500, "batch_size": 16, "latent_dim": 8}
+QUICK = {"sequences": 192, "test_sequences": 32, "num_steps": 30, "steps": 250, "batch_size": 12, "latent_dim": 2}
 SWEEP = (0.0, 0.1, 0.3, 0.5)
-K = 2  # latent dimension of every model
 SIZE = 16
 LR = 3e-3
 POOLING = "ergodic"
@@ -119,8 +124,9 @@ def conv_net(out_dim: int) -> nn.Module:
 
 
 class RotationMarkov(dist.TorchDistribution):
-    r"""A user-written Markov prior over trajectories ``(T, 2)``: :math:`z_0 \sim \mathcal N(0, I)`,
-    :math:`z_t \mid z_{t-1} \sim \mathcal N(M z_{t-1}, (1 - \rho^2) I)`, :math:`M = \rho R(\omega)`.
+    r"""A user-written Markov prior over trajectories ``(T, K)`` (K even): :math:`z_0 \sim \mathcal N(0, I)`,
+    :math:`z_t \mid z_{t-1} \sim \mathcal N(M z_{t-1}, (1 - \rho^2) I)`, :math:`M = \rho\,
+    \operatorname{blockdiag}(R(\omega_1), \dots, R(\omega_{K/2}))` (2 x 2 rotations).
 
     :math:`M M^\top = \rho^2 I`, so every marginal is :math:`\mathcal N(0, I)` (the unit prior term
     of ``GaussianRecognition(prior_scale=1)``).
@@ -131,9 +137,11 @@ class RotationMarkov(dist.TorchDistribution):
 
     def __init__(self, rho: torch.Tensor, omega: torch.Tensor, num_steps: int, batch_shape=torch.Size()) -> None:
         self.rho, self.omega, self.num_steps = rho, omega, num_steps
-        c, s = torch.cos(omega), torch.sin(omega)
-        self.M = rho * torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
-        super().__init__(torch.Size(batch_shape), torch.Size([num_steps, 2]), validate_args=False)
+        c, s = torch.cos(omega), torch.sin(omega)  # (K/2,)
+        blocks = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (K/2, 2, 2)
+        self.M = rho * torch.block_diag(*blocks)
+        K = self.M.shape[0]
+        super().__init__(torch.Size(batch_shape), torch.Size([num_steps, K]), validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         return RotationMarkov(self.rho, self.omega, self.num_steps, batch_shape)
@@ -152,13 +160,13 @@ class RotationMarkov(dist.TorchDistribution):
         return first + step.sum((-1, -2))
 
     def precision(self) -> torch.Tensor:
-        r"""The joint precision :math:`E^\top E` of the flattened trajectory (t-major), ``(2T, 2T)``."""
-        T, s = self.num_steps, (1 - self.rho**2).sqrt()
-        E = torch.zeros(2 * T, 2 * T, dtype=self.M.dtype)
-        E[:2, :2] = torch.eye(2)
+        r"""The joint precision :math:`E^\top E` of the flattened trajectory (t-major), ``(KT, KT)``."""
+        T, s, K = self.num_steps, (1 - self.rho**2).sqrt(), self.M.shape[0]
+        E = torch.zeros(K * T, K * T, dtype=self.M.dtype)
+        E[:K, :K] = torch.eye(K)
         for t in range(1, T):
-            E[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] = torch.eye(2) / s
-            E[2 * t : 2 * t + 2, 2 * t - 2 : 2 * t] = -self.M / s
+            E[K * t : K * t + K, K * t : K * t + K] = torch.eye(K) / s
+            E[K * t : K * t + K, K * t - K : K * t] = -self.M / s
         return E.T @ E
 
 
@@ -169,10 +177,11 @@ def markov_posterior_mean(prior: RotationMarkov, factors, N: int, T: int) -> np.
     :math:`\lambda_t \mu_t` (the factor's, minus the unit prior term), so the posterior precision is
     :math:`E^\top E + \operatorname{diag}(\lambda - 1)`.
     """
-    lam = factors.scale.double().pow(-2).reshape(N, T * 2)
-    eta = (factors.loc.double() * factors.scale.double().pow(-2)).reshape(N, T * 2)
+    K = prior.M.shape[0]
+    lam = factors.scale.double().pow(-2).reshape(N, T * K)
+    eta = (factors.loc.double() * factors.scale.double().pow(-2)).reshape(N, T * K)
     P = prior.precision().double() + torch.diag_embed(lam - 1.0)
-    return torch.linalg.solve(P, eta.unsqueeze(-1)).squeeze(-1).reshape(N, T, 2).numpy()
+    return torch.linalg.solve(P, eta.unsqueeze(-1)).squeeze(-1).reshape(N, T, K).numpy()
 
 
 def _svi_loop(model, guide, batches, steps: int, desc: str, show: bool) -> list[float]:
@@ -186,12 +195,12 @@ def _svi_loop(model, guide, batches, steps: int, desc: str, show: bool) -> list[
 
 def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dict, seed: int, show: bool):
     """Train one method on ``frames`` ``(N, T, 1, S, S)``; return its estimate for the held-out videos
-    ``test`` ``(M, T, 1, S, S)`` as ``(M, T, 2)``, and the wall seconds of both."""
+    ``test`` ``(M, T, 1, S, S)`` as ``(M, T, K)``, and the wall seconds of both."""
     start = time.perf_counter()
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     N, T = frames.shape[:2]
-    B, steps = cfg["batch_size"], cfg["steps"]
+    B, steps, K = cfg["batch_size"], cfg["steps"], cfg["latent_dim"]
     generator = torch.Generator().manual_seed(seed)
     order = [torch.randperm(N, generator=generator)[:B] for _ in range(steps)]  # same batches for every method
     M = test.shape[0]
@@ -228,9 +237,10 @@ def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dic
         times = torch.arange(T, dtype=torch.float32)
         sample = lambda n: gp("z", times)  # noqa: E731
     else:
+
         def sample(n):
             rho = pyro.param("rho", torch.tensor(0.9), constraint=constraints.interval(0.0, 0.999))
-            omega = pyro.param("omega", torch.tensor(0.1))
+            omega = pyro.param("omega", torch.full((K // 2,), 0.1))
             return pyro.sample("z", RotationMarkov(rho, omega, T, (n,)))
 
     def model(x):
@@ -265,8 +275,9 @@ def scores(estimate: np.ndarray, latent: np.ndarray, mask: np.ndarray) -> tuple[
 
 def run_all(methods, occlusion: float, cfg: dict, seed: int, show: bool) -> dict[str, Any]:
     """Train ``methods`` on the videos at one occluded fraction; metrics and estimates per method."""
-    video = distracted_video(cfg["sequences"], cfg["num_steps"], size=SIZE, occlusion=occlusion, seed=seed)
-    held_out = distracted_video(cfg["test_sequences"], cfg["num_steps"], size=SIZE, occlusion=occlusion, seed=seed + 1)
+    options = {"size": SIZE, "occlusion": occlusion, "distractor_brightness": cfg["distractor_brightness"]}
+    video = distracted_video(cfg["sequences"], cfg["num_steps"], seed=seed, **options)
+    held_out = distracted_video(cfg["test_sequences"], cfg["num_steps"], seed=seed + 1, **options)
     mean, std = video.frames.mean(), video.frames.std()
     frames, test = (video.frames - mean) / std, (held_out.frames - mean) / std
     latent, mask = held_out.latent.double().numpy(), held_out.mask.numpy()
@@ -289,11 +300,14 @@ def run(args) -> dict[str, Any]:
     start = time.perf_counter()
     setup(args)  # the device flag is checked; the models here are small and run on the CPU
     cfg = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "sequences", "batch_size"):
+    for key in ("steps", "sequences", "batch_size", "latent_dim"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    cfg["distractor_brightness"] = args.distractor_brightness
     if cfg["steps"] < 1 or not 2 <= cfg["batch_size"] <= cfg["sequences"] or not 0 <= args.occlusion < 1:
         raise ValueError("need --steps >= 1, 2 <= --batch-size <= --sequences and 0 <= --occlusion < 1")
+    if cfg["latent_dim"] < 2 or cfg["latent_dim"] % 2 or not args.distractor_brightness >= 0:
+        raise ValueError("need an even --latent-dim >= 2 and --distractor-brightness >= 0")
     show = not args.no_progress
     main = run_all(METHODS, args.occlusion, cfg, args.seed, show)
     result: dict[str, Any] = {}
@@ -383,9 +397,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         quick_help="N=192 videos of T=30 frames, 250 steps, a two-method sweep (CI, < 4 min on one thread)",
         steps_help="gradient steps per method (default 1500; 250 with --quick)",
     )
-    parser.add_argument("--sequences", type=int, default=None, help="N training videos (default 384; 192 with --quick)")
+    parser.add_argument(
+        "--sequences", type=int, default=None, help="N training videos (default 2048; 192 with --quick)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="videos per step B (default 16; 12 quick)")
     parser.add_argument("--occlusion", type=float, default=0.3, help="occluded fraction of the main run (0.3)")
+    parser.add_argument("--latent-dim", type=int, default=None, help="K of every model, even (default 8; 2 quick)")
+    parser.add_argument(
+        "--distractor-brightness",
+        type=float,
+        default=1.0,
+        help="distractors' brightness relative to the bob (1: look-alikes; 0: none)",
+    )
     return run_script(parser, run, argv)
 
 
