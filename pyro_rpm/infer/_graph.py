@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The recorded graph of :class:`~pyro_rpm.JitRPM_ELBO`: one structure's replayable step, the check for
-in-place writes into tensors that outlive a step, and the simplification passes (dead code, constant
-folding, identities) run once after recording."""
+in-place writes into tensors that outlive a step, the undoing of a recording's writes into
+persistent tensors (running statistics), and the simplification passes (dead code, constant folding, identities) run once
+after recording."""
 
 from __future__ import annotations
 
@@ -10,8 +11,97 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Graph", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
+__all__ = ["PersistentWrites", "Graph", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
+
+#: Operations that write into arguments their schema does not mark as written: batch norm updates its
+#: running statistics (arguments 3 and 4) in place when ``training`` (argument 5) is true.
+_HIDDEN_WRITES = {
+    "aten.native_batch_norm.default": (3, 4),
+    "aten._native_batch_norm_legit.default": (3, 4),
+    "aten.cudnn_batch_norm.default": (3, 4),
+    "aten.miopen_batch_norm.default": (3, 4),
+}
+
+
+def _written_arguments(node: torch.fx.Node) -> list[Any]:
+    """The arguments that ``node`` writes into (its schema's, and the hidden ones of :data:`_HIDDEN_WRITES`)."""
+    if node.op != "call_function":
+        return []
+    hidden = _HIDDEN_WRITES.get(str(node.target))
+    if hidden is not None:
+        training = len(node.args) > 5 and node.args[5] is True
+        return [node.args[i] for i in hidden if training and i < len(node.args) and node.args[i] is not None]
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.is_mutable:
+        return []
+    return [
+        value
+        for argument, value in zip(schema.arguments, node.args)
+        if argument.alias_info is not None and argument.alias_info.is_write
+    ]
+
+
+class PersistentWrites(TorchDispatchMode):
+    """Save the tensors that a recording writes into and did not create; put them back after it.
+
+    :func:`~torch.fx.experimental.proxy_tensor.make_fx` runs the step on the real tensors, so a write
+    into a tensor that outlives the step (a batch norm layer's running statistics, a memory bank)
+    would happen in the recording *and* again in the replay of that step. Entered around the
+    recording, this mode sees every operation: before the first write into a tensor that no
+    operation of the recording produced (or a view of one) it saves a copy; on exit it writes the
+    copies back, so the recording leaves no trace. :meth:`holds` tells which tensors were written.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._made: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        for value in _written_values(func, args):
+            root = value._base if value._base is not None else value
+            if id(root) not in self._made and id(root) not in self.saved:
+                self.saved[id(root)] = (root, root.detach().clone())
+        out = func(*args, **kwargs)
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._made.add(id(t))
+        return out
+
+    def __exit__(self, *exc: Any) -> Any:
+        result = super().__exit__(*exc)
+        with torch.no_grad():
+            for tensor, value in self.saved.values():
+                tensor.copy_(value)
+        return result
+
+    def split(self, gm: torch.fx.GraphModule, names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        """``(state, others)``: of the graph's written inputs and constants ``names``, the tensors this
+        recording saw written (replayable state), and the names of the rest (arguments, parameters)."""
+        state, others = [], []
+        for name in sorted(set(names)):
+            t = getattr(gm, name, None)
+            if isinstance(t, torch.Tensor) and self.saved.get(id(t), (None,))[0] is t:
+                state.append(t)
+            else:
+                others.append(name)
+        return state, others
+
+
+def _written_values(func: Any, args: tuple) -> list[torch.Tensor]:
+    """The tensor arguments that the operation ``func`` writes into (:data:`_HIDDEN_WRITES` included)."""
+    hidden = _HIDDEN_WRITES.get(str(func))
+    if hidden is not None:
+        indices = hidden if len(args) > 5 and args[5] is True else ()
+    else:
+        schema = func._schema
+        if not schema.is_mutable:
+            return []
+        indices = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+    return [args[i] for i in indices if i < len(args) and isinstance(args[i], torch.Tensor)]
 
 
 @contextlib.contextmanager
@@ -37,7 +127,8 @@ def custom_autograd_functions() -> Iterator[list[str]]:
 
 
 def mutated_persistent_tensors(gm: torch.fx.GraphModule) -> list[str]:
-    """Names of the graph inputs and constants that an in-place operation of the graph writes into."""
+    """Names of the graph inputs and constants that an in-place operation of the graph writes into
+    (including batch norm's running statistics, which its schema does not mark)."""
 
     def base(node: Any) -> Any:
         while isinstance(node, torch.fx.Node) and node.op == "call_function":
@@ -49,28 +140,37 @@ def mutated_persistent_tensors(gm: torch.fx.GraphModule) -> list[str]:
 
     written = []
     for node in gm.graph.nodes:
-        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
-        if schema is None or not schema.is_mutable:
-            continue
-        for argument, value in zip(schema.arguments, node.args):
-            if argument.alias_info is not None and argument.alias_info.is_write:
-                root = base(value)
-                if isinstance(root, torch.fx.Node) and root.op in ("placeholder", "get_attr"):
-                    written.append(str(root.target))
+        for value in _written_arguments(node):
+            root = base(value)
+            if isinstance(root, torch.fx.Node) and root.op in ("placeholder", "get_attr"):
+                written.append(str(root.target))
     return written
 
 
 class Graph:
     """One recorded structure: the replayed function and the parameters it reads."""
 
-    __slots__ = ("model", "guide", "fn", "names", "params", "constrained", "replays")
+    __slots__ = ("model", "guide", "fn", "names", "params", "constrained", "replays", "state")
 
-    def __init__(self, model, guide, fn, names, params, constrained) -> None:
+    def __init__(self, model, guide, fn, names, params, constrained, state=()) -> None:
         self.model, self.guide, self.fn = model, guide, fn
+        #: module buffers the step writes into (running statistics), as the eager step does
+        self.state: tuple[torch.Tensor, ...] = tuple(state)
         self.names: tuple[str, ...] = names
         self.params: list[torch.Tensor] = params
         self.constrained: tuple[bool, ...] = constrained
         self.replays = 0
+
+    @contextlib.contextmanager
+    def state_kept(self) -> Iterator[None]:
+        """Put the tensors the step writes into (:attr:`state`) back as they were after the block."""
+        saved = [t.detach().clone() for t in self.state]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, value in zip(self.state, saved):
+                    t.copy_(value)
 
     def current(self, store) -> bool:
         """Whether the parameter store still holds the tensors the graph was recorded with."""
@@ -262,9 +362,11 @@ def _eliminate_common_subexpressions(gm: torch.fx.GraphModule) -> bool:
 def simplify(gm: torch.fx.GraphModule) -> None:
     """Dead-code elimination, constant folding, identity removal and common subexpressions on a recorded step (nothing is
     simplified in a graph with in-place operations)."""
-    gm.graph.eliminate_dead_code()
+    keep = lambda node: node.is_impure() or bool(_written_arguments(node))  # noqa: E731
+    gm.graph.eliminate_dead_code(is_impure_node=keep)
     mutable = any(
-        node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
+        node.op == "call_function"
+        and (getattr(getattr(node.target, "_schema", None), "is_mutable", False) or _written_arguments(node))
         for node in gm.graph.nodes
     )
     if not mutable:

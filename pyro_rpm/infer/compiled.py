@@ -37,14 +37,15 @@ new key (new shapes, other arguments) records again (up to ``max_graphs`` struct
 compared: a graph that no longer matches the Python program (a structure that depends on something
 outside the key) is dropped with a warning, and that step uses the eager result.
 
+**State.** In-place writes into tensors that outlive the step (batch norm's running statistics, a
+memory bank) are replayed into the same tensors as the eager step writes them (the recording's own
+writes are undone). Tensors read from outside the arguments and the parameter store (closed-over
+data, a support bank) are read by identity: pass a tensor that is *rebound* between steps as an argument.
+
 **What cannot be recorded.** A model whose Python control flow reads tensor values (``if x.sum() >
-0``, ``.item()``, a data-dependent number of sites), a step that writes into tensors that outlive it
-(an in-place memory-bank update, a running statistic) or reads parameters that are not in Pyro's
-parameter store: recording stops, a :class:`CompileFallbackWarning` says once why, and that structure
-is computed by the eager :class:`~pyro_rpm.RPM_ELBO` path from then on. Tensors that the model reads
-from outside its arguments and the parameter store (closed-over data, a fixed support bank) are
-recorded as constants: replace them by arguments if they change between steps, or pass
-``check_every`` while developing.
+0``, ``.item()``, a data-dependent number of sites), a step that writes into its arguments or its
+parameters, or reads parameters that are not in Pyro's parameter store: recording stops, a
+:class:`CompileFallbackWarning` says once why, and the structure runs eagerly from then on.
 
 **Backends.** ``backend="fx"`` (default) replays the recorded graph as generated Python code;
 ``backend="inductor"`` compiles it with :func:`torch.compile` (fused kernels; needs a C++ compiler on
@@ -80,7 +81,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._pyro import param_store_rollback
 from .._validation import check_choice, check_int, check_optional_int, graph_capture
-from ._graph import Graph, custom_autograd_functions, mutated_persistent_tensors, simplify
+from ._graph import Graph, PersistentWrites, custom_autograd_functions, mutated_persistent_tensors, simplify
 from .elbo import RPM_ELBO
 
 __all__ = ["BACKENDS", "CompileFallbackWarning", "JitRPM_ELBO"]
@@ -286,9 +287,10 @@ class JitRPM_ELBO(RPM_ELBO):
             self._warn_once("an argument requires grad; the graph differentiates the parameters only")
             return None
         devices = sorted({t.device.index or 0 for t in [*params, *tensors] if t.device.type == "cuda"})
+        writes = PersistentWrites()  # the recording runs the step: its writes into persistent tensors are undone
         try:
             with torch.random.fork_rng(devices=devices), graph_capture(), pyro.validation_enabled(False):
-                with param_store_rollback(), custom_autograd_functions() as functions:
+                with param_store_rollback(), custom_autograd_functions() as functions, writes:
                     gm = make_fx(step, tracing_mode="real")(params, tensors)
         except _Unrecordable as reason:
             self._warn_once(str(reason))
@@ -306,13 +308,9 @@ class JitRPM_ELBO(RPM_ELBO):
                 f"the recorded step reads the parameters {sorted(set(touched) - set(names))} that the eager step did not"
             )
             return None
-        written = mutated_persistent_tensors(gm)
+        state, written = writes.split(gm, mutated_persistent_tensors(gm))
         if written:
-            self._warn_once(
-                f"the step writes in place into tensors that outlive it ({', '.join(sorted(set(written)))}; e.g. "
-                "BatchNorm's running statistics in training mode: GroupNorm, LayerNorm or "
-                "BatchNorm(track_running_stats=False) record)"
-            )
+            self._warn_once(f"the step writes in place into its arguments or parameters ({', '.join(written)})")
             return None
         simplify(gm)
         fn: Callable = gm
@@ -320,7 +318,7 @@ class JitRPM_ELBO(RPM_ELBO):
             fn = self._inductor(gm)
         constrained = tuple(store._constraints[name] is not constraints.real for name in names)
         self.stats["traced"] += 1
-        return Graph(model, guide, fn, tuple(names), params, constrained)
+        return Graph(model, guide, fn, tuple(names), params, constrained, state)
 
     def _inductor(self, gm: torch.fx.GraphModule) -> Callable:
         if not any(shutil.which(cxx) for cxx in _CXX) and not torch.cuda.is_available():
@@ -346,7 +344,7 @@ class JitRPM_ELBO(RPM_ELBO):
     def _checked_replay(self, graph: Graph, model, guide, args, kwargs, tensors, key):
         """The eager step, compared with the replay under the same random state (debug mode)."""
         devices = sorted({t.device.index or 0 for t in graph.params if t.device.type == "cuda"})
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), graph.state_kept():  # the eager step writes the state
             value, loss = graph.run(tensors)
             grads = torch.autograd.grad(loss, graph.params, allow_unused=True)
         eager_value, surrogate = self._surrogate(model, guide, args, kwargs)

@@ -28,6 +28,7 @@ from pyro_rpm import (
     GaussianRecognition,
     JitRPM_ELBO,
     LinearGaussianStateSpacePrior,
+    RBFCoupling,
     RecognitionGuide,
     fit,
     observe,
@@ -194,6 +195,76 @@ def test_svi_trajectories_agree_float64():
             assert elbo.stats["traced"] == 1 and elbo.stats["replayed"] == 5
     for a, b in zip(losses["jit"], losses["eager"]):
         assert math.isclose(a, b, rel_tol=1e-12)
+
+
+def _batch_norm_infonce(dtype, B=12):
+    """The InfoNCE model with one encoder, with batch norm, for both views (its running statistics
+    are updated twice per step, in place)."""
+
+    def net():
+        return nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.SiLU(), nn.Linear(16, 4)).to(dtype)
+
+    encoder = DeltaRecognition(net(), 4, name="c_bn")
+    model = infonce_model(encoder, encoder, RBFCoupling(1.0, name="c_rbf").to(dtype))
+    return model, RecognitionGuide(model), encoder
+
+
+@pytest.mark.parametrize("check_every", [None, 2])
+def test_batch_norm_running_statistics_follow_the_eager_steps(check_every):
+    """Before: a step writing into BatchNorm's running statistics was never recorded (eager fallback).
+    Now the statistics are part of the replayed step: after 6 SVI steps (1 eager, 1 recorded, 4 replayed;
+    with ``check_every=2`` some of them eager under the same random state) losses, parameters, running
+    means/variances and batch counts equal the eager run's."""
+    runs = {}
+    for kind in ("eager", "jit"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, guide, encoder = _batch_norm_infonce(torch.float64)
+        elbo = JitRPM_ELBO(check_every=check_every) if kind == "jit" else RPM_ELBO()
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+        pyro.set_rng_seed(1)
+        data = [(torch.randn(12, 5, dtype=torch.float64), torch.randn(12, 5, dtype=torch.float64)) for _ in range(6)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            losses = [svi.step(*batch) for batch in data]
+        if kind == "jit":
+            assert elbo.stats["traced"] == 1 and elbo.stats["fallbacks"] == 0
+        runs[kind] = losses, {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    (jit_losses, jit_state), (losses, state) = runs["jit"], runs["eager"]
+    for a, b in zip(jit_losses, losses):
+        assert math.isclose(a, b, rel_tol=1e-10)
+    (count,) = [v for k, v in state.items() if k.endswith("num_batches_tracked")]
+    assert int(count) == 12  # two views per step
+    for name, value in state.items():
+        assert torch.allclose(jit_state[name], value, rtol=1e-10, atol=1e-12), name
+
+
+def test_in_place_writes_into_a_closed_over_tensor_follow_the_eager_steps():
+    """A memory bank written in place by the model: before, the recording wrote it once more than the
+    eager steps (5 against 4 after 3 steps, the first step's guide also runs the model) and then fell back;
+    now the recording's write is undone and the replays write the bank as the eager steps do."""
+    counts = {}
+    for kind in ("eager", "jit"):
+        bank = torch.zeros(4, dtype=torch.float64)
+        pyro.clear_param_store()
+        model, *_ = _infonce(torch.float64)
+
+        def writing_model(x1, x2, model=model, bank=bank):
+            bank.add_(x1[0, 0].detach())  # a value of this step's data
+            model(x1, x2)
+
+        elbo = JitRPM_ELBO() if kind == "jit" else RPM_ELBO()
+        svi = pyro.infer.SVI(writing_model, RecognitionGuide(writing_model), pyro.optim.Adam({"lr": 1e-2}), elbo)
+        torch.manual_seed(3)
+        batches = [(torch.randn(12, 5, dtype=torch.float64), torch.randn(12, 5, dtype=torch.float64)) for _ in range(4)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            for batch in batches:
+                svi.step(*batch)
+        if kind == "jit":
+            assert elbo.stats["replayed"] == 3  # the recorded step and the two after it
+        counts[kind] = bank
+    assert torch.allclose(counts["jit"], counts["eager"], rtol=1e-12, atol=0), counts
 
 
 def test_new_shapes_record_again_and_match_eager():
