@@ -9,6 +9,7 @@ trajectories; no graph break when torch.compile compiles the replayed graph; ``f
 """
 
 import math
+import shutil
 import warnings
 
 import pyro
@@ -239,6 +240,29 @@ def test_batch_norm_running_statistics_follow_the_eager_steps(check_every):
         assert torch.allclose(jit_state[name], value, rtol=1e-10, atol=1e-12), name
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="needs a C++ compiler")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by inductor
+def test_batch_norm_running_statistics_under_the_inductor_backend():
+    """The compiled (inductor) replay writes the running statistics too: batch counts equal the eager
+    run's exactly, running variances and losses to float64 rounding."""
+    runs = {}
+    for kind in ("eager", "inductor"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, guide, encoder = _batch_norm_infonce(torch.float64)
+        elbo = JitRPM_ELBO(backend="inductor") if kind == "inductor" else RPM_ELBO()
+        svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": 1e-2}), elbo)
+        pyro.set_rng_seed(1)
+        data = [(torch.randn(12, 5, dtype=torch.float64), torch.randn(12, 5, dtype=torch.float64)) for _ in range(4)]
+        runs[kind] = [svi.step(*batch) for batch in data], {k: v.clone() for k, v in encoder.state_dict().items()}
+    (compiled, compiled_state), (losses, state) = runs["inductor"], runs["eager"]
+    for a, b in zip(compiled, losses):
+        assert math.isclose(a, b, rel_tol=1e-9)
+    for name, value in state.items():
+        assert torch.allclose(compiled_state[name], value, rtol=1e-8, atol=1e-10), name
+
+
 def test_in_place_writes_into_a_closed_over_tensor_follow_the_eager_steps():
     """A memory bank written in place by the model: before, the recording wrote it once more than the
     eager steps (5 against 4 after 3 steps, the first step's guide also runs the model) and then fell back;
@@ -451,6 +475,7 @@ def _infonce_svi(device, elbo, seed=0, B=32):
 
 
 @pytest.mark.cuda
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by inductor
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["inductor", "cuda_graphs"])
 def test_compiled_step_on_cuda_follows_the_eager_trajectory(cuda_graphs):
     """On CUDA the recorded step compiles with inductor and, with ``cuda_graphs=True``, is captured in
