@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The recorded graph of :class:`~pyro_rpm.JitRPM_ELBO`: one structure's replayable step, the check for
-in-place writes into tensors that outlive a step, the undoing of a recording's writes into
-persistent tensors (running statistics), and the simplification passes (dead code, constant folding, identities) run once
-after recording."""
+in-place writes into tensors that outlive a step, the undoing of a recording's own writes into
+them (running statistics), and the simplification passes (dead code, constant folding, identities)
+run once after recording."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["PersistentWrites", "Graph", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
+__all__ = ["Graph", "PersistentWrites", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
 
 #: Operations that write into arguments their schema does not mark as written: batch norm updates its
 #: running statistics (arguments 3 and 4) in place when ``training`` (argument 5) is true.
@@ -25,21 +25,26 @@ _HIDDEN_WRITES = {
 }
 
 
-def _written_arguments(node: torch.fx.Node) -> list[Any]:
-    """The arguments that ``node`` writes into (its schema's, and the hidden ones of :data:`_HIDDEN_WRITES`)."""
-    if node.op != "call_function":
-        return []
-    hidden = _HIDDEN_WRITES.get(str(node.target))
+def _written_indices(op: Any, args: tuple | list) -> list[int]:
+    """Positions of the arguments that the operation ``op`` writes into (its schema's, and the hidden
+    ones of :data:`_HIDDEN_WRITES`)."""
+    hidden = _HIDDEN_WRITES.get(str(op))
     if hidden is not None:
-        training = len(node.args) > 5 and node.args[5] is True
-        return [node.args[i] for i in hidden if training and i < len(node.args) and node.args[i] is not None]
-    schema = getattr(node.target, "_schema", None)
+        return list(hidden) if len(args) > 5 and args[5] is True else []
+    schema = getattr(op, "_schema", None)
     if schema is None or not schema.is_mutable:
         return []
+    return [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+
+
+def _written_arguments(node: torch.fx.Node) -> list[Any]:
+    """The argument nodes that the graph node ``node`` writes into."""
+    if node.op != "call_function":
+        return []
     return [
-        value
-        for argument, value in zip(schema.arguments, node.args)
-        if argument.alias_info is not None and argument.alias_info.is_write
+        node.args[i]
+        for i in _written_indices(node.target, node.args)
+        if i < len(node.args) and node.args[i] is not None
     ]
 
 
@@ -51,7 +56,7 @@ class PersistentWrites(TorchDispatchMode):
     would happen in the recording *and* again in the replay of that step. Entered around the
     recording, this mode sees every operation: before the first write into a tensor that no
     operation of the recording produced (or a view of one) it saves a copy; on exit it writes the
-    copies back, so the recording leaves no trace. :meth:`holds` tells which tensors were written.
+    copies back, so the recording leaves no trace. :meth:`split` tells which tensors were written.
     """
 
     def __init__(self) -> None:
@@ -61,7 +66,10 @@ class PersistentWrites(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
-        for value in _written_values(func, args):
+        for i in _written_indices(func, args):
+            value = args[i] if i < len(args) else None
+            if not isinstance(value, torch.Tensor):
+                continue
             root = value._base if value._base is not None else value
             if id(root) not in self._made and id(root) not in self.saved:
                 self.saved[id(root)] = (root, root.detach().clone())
@@ -89,19 +97,6 @@ class PersistentWrites(TorchDispatchMode):
             else:
                 others.append(name)
         return state, others
-
-
-def _written_values(func: Any, args: tuple) -> list[torch.Tensor]:
-    """The tensor arguments that the operation ``func`` writes into (:data:`_HIDDEN_WRITES` included)."""
-    hidden = _HIDDEN_WRITES.get(str(func))
-    if hidden is not None:
-        indices = hidden if len(args) > 5 and args[5] is True else ()
-    else:
-        schema = func._schema
-        if not schema.is_mutable:
-            return []
-        indices = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
-    return [args[i] for i in indices if i < len(args) and isinstance(args[i], torch.Tensor)]
 
 
 @contextlib.contextmanager
