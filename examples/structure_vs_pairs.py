@@ -74,6 +74,8 @@ estimates after the affine map, occluded frames shaded). The last stdout line is
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import Any
 
@@ -84,17 +86,18 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from pyro_rpm import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _contrastive_rpm import infonce_model  # noqa: E402
+
+from pyro_rpm import (  # noqa: E402
     RPM_ELBO,
-    ContrastivePrior,
     DeltaRecognition,
     GaussianRecognition,
-    MarginalPrior,
     RBFCoupling,
     RecognitionGuide,
     TrajectoryFactorGuide,
     linear_r2,
-    observe,
 )
 from pyro_rpm.cli.scripts import progress, pyplot, run_script, save_figure, script_parser, setup
 from pyro_rpm.datasets import distracted_video
@@ -211,13 +214,7 @@ def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dic
         encoder = DeltaRecognition(net, K, name="encoder")
         coupling = RBFCoupling(1.0, name="coupling")
 
-        def model(x1, x2):
-            f1, f2 = encoder(x1), encoder(x2)
-            with pyro.plate("pairs", x1.shape[0]):
-                z1 = pyro.sample("z1", MarginalPrior(f1))
-                z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
-                observe("x1", f1, z1)
-                observe("x2", f2, z2)
+        model = infonce_model(encoder, encoder, coupling, plate="pairs")
 
         def batches(step):
             x = frames[order[step]]
