@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_tensor
 from ..normalisers import score_logsumexp
 from ..normalisers.dense import _accumulation_dtype, clamped_logsumexp
 
@@ -183,9 +184,23 @@ def far_latent_log_softmax(latent: torch.Tensor, loc: torch.Tensor, scale: torch
     terms of :math:`\Delta` (module docstring) where each logit alone is not. It is what
     :meth:`~pyro_rpm.likelihood.recognition.RecognitionLikelihood.sample` draws from for far latents.
 
-    :raises ValueError: naming ``name`` above :data:`FAR_LATENT_MAX_ELEMENTS` elements (``B x M x D``,
+    :raises TypeError: for non-tensor or non-floating-point inputs; :raises ValueError: for shapes
+        that do not match, and naming ``name`` above :data:`FAR_LATENT_MAX_ELEMENTS` elements (``B x M x D``,
         or ``B x M`` with a shared scale).
     """
+    for value, arg in ((latent, "latent"), (loc, "loc"), (scale, "scale")):
+        if not check_tensor(value, arg).is_floating_point():
+            raise TypeError(f"{arg} must be a floating-point tensor, got dtype {value.dtype}")
+    if (
+        latent.dim() < 1
+        or loc.dim() != 2
+        or latent.shape[-1] != loc.shape[1]
+        or scale.shape not in (loc.shape, loc.shape[1:])
+    ):
+        raise ValueError(
+            f"need latent (..., D), loc (M, D) and scale (M, D) or (D,); got {tuple(latent.shape)}, "
+            f"{tuple(loc.shape)}, {tuple(scale.shape)}"
+        )
     work = _accumulation_dtype(latent.dtype, latent.device)
     dim, num_support = latent.shape[-1], loc.shape[0]
     z = latent.to(work).reshape(-1, dim)

@@ -122,7 +122,8 @@ def resolve_backend(
     ``num_pairs`` is the number of (latent, support point) pairs, B * N; ``num_support`` (N, optional)
     lets ``"auto"`` screen small batches against large supports (:data:`SCREEN_MIN_SUPPORT`).
 
-    :raises ValueError: for an unknown name, or ``"fused"``/``"screened"`` where they cannot run.
+    :raises ValueError: for an unknown name, ``"fused"``/``"screened"`` where they cannot run, or a
+        ``num_support`` that is not a non-negative int.
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -141,6 +142,7 @@ def resolve_backend(
         )
     if backend != "auto":
         return backend
+    check_optional_int(num_support, "num_support", 0)
     if num_pairs <= DENSE_MAX_PAIRS or (recording_graph() and num_pairs <= RECORDED_DENSE_MAX_PAIRS):
         return "dense"
     small_batch = (

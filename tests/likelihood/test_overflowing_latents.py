@@ -278,3 +278,15 @@ def test_far_latent_table_refuses_problems_too_large_for_it():
     many = latent.expand(FAR_LATENT_MAX_ELEMENTS // (M * D) + 1, M, D)
     with pytest.raises(ValueError, match="exact table of its likelihood needs"):
         far_latent_log_softmax(many, loc, scale)
+
+
+def test_far_latent_table_refuses_bad_arguments():
+    loc, scale, latent = _problem(1e20, torch.float64, shared=True)
+    with pytest.raises(TypeError, match="latent must be a torch.Tensor"):
+        far_latent_log_softmax(latent.tolist(), loc, scale)
+    with pytest.raises(TypeError, match="loc must be a floating-point tensor"):
+        far_latent_log_softmax(latent, loc.long(), scale)
+    with pytest.raises(ValueError, match="need latent"):
+        far_latent_log_softmax(latent[:, :1], loc, scale)
+    with pytest.raises(ValueError, match="need latent"):
+        far_latent_log_softmax(latent, loc, scale[:, :1])

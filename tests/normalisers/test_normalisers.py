@@ -269,6 +269,8 @@ def test_resolve_backend():
     assert resolve_backend("auto", 16 * 4000, cpu, torch.float64, 4000) == "dense"
     assert resolve_backend("auto", 32 * 4000, cpu, torch.float64, 4000) == ("fused" if HAS_FUSED else "streamed")
     assert resolve_backend("auto", 16 * 10**4, cpu, torch.float32, 10**4) == ("fused" if HAS_FUSED else "streamed")
+    with pytest.raises(ValueError, match="num_support"):
+        resolve_backend("auto", 100, cpu, torch.float64, -1)
     if HAS_FUSED:
         assert resolve_backend("screened", 10, cpu, torch.float32) == "fused"  # nothing to screen in float32
     assert resolve_backend("streamed", 100, cpu, torch.float64) == "streamed"
