@@ -698,6 +698,13 @@ def integer_data_for_a_float_network():
     return Bad(lambda: svi.step(x1.long(), x2), (r1, r2), (optim,))
 
 
+def boolean_data_for_a_float_network():
+    r1, r2, model = _two_view()
+    svi, optim = _svi(model)
+    x1, x2 = _data()
+    return Bad(lambda: svi.step(x1 > 0, x2), (r1, r2), (optim,))
+
+
 def network_input_width_mismatch():
     r1, r2, model = _two_view()
     svi, optim = _svi(model)
@@ -907,6 +914,7 @@ CATALOGUE = [
     case(momentum_of_one_and_a_half, ValueError, r"momentum must be None or a float in \[0, 1\)", "momentum"),
     # kinds of issue 14, item 7
     case(integer_data_for_a_float_network, TypeError, r"inputs to recognition 'r1' have dtype torch.int64 but its network computes in torch.float32", "int-data-float-net"),
+    case(boolean_data_for_a_float_network, TypeError, r"inputs to recognition 'r1' have dtype torch.bool but its network computes in torch.float32", "bool-data-float-net"),
     case(network_input_width_mismatch, ValueError, r"inputs to recognition 'r1' of shape \(8, 3\) do not fit its network", "net-input-width"),
     case(empty_batch, ValueError, r"inputs to recognition 'r1' are an empty batch \(shape \(0, 5\)\)", "empty-batch"),
     case(site_name_not_a_string, TypeError, r"observe: name must be a str", "site-name-not-str"),
