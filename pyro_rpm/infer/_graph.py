@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._batching import batch_repeated_operations
+
 __all__ = ["Graph", "PersistentWrites", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
 
 #: Operations that write into arguments their schema does not mark as written: batch norm updates its
@@ -316,6 +318,48 @@ def _peephole(gm: torch.fx.GraphModule) -> bool:
     return changed
 
 
+def _constant_term(gm: torch.fx.GraphModule, node: Any) -> tuple[torch.fx.Node, torch.Tensor] | None:
+    """``(x, c)`` when ``node`` computes ``x + c`` for a constant ``c`` (a number or a folded 0-d tensor)."""
+    sign = {"aten.add.Tensor": 1.0, "aten.sub.Tensor": -1.0}.get(str(getattr(node, "target", "")))
+    if sign is None or node.kwargs or len(node.args) != 2:
+        return None
+
+    def constant(a: Any) -> torch.Tensor | None:
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            return torch.tensor(float(a), dtype=torch.float64)
+        value = getattr(gm, a.target) if isinstance(a, torch.fx.Node) and a.op == "get_attr" else None
+        return value.double() if isinstance(value, torch.Tensor) and value.dim() == 0 else None
+
+    a, b = node.args
+    if isinstance(a, torch.fx.Node) and (c := constant(b)) is not None:
+        return a, sign * c
+    return (b, c) if sign > 0 and isinstance(b, torch.fx.Node) and (c := constant(a)) is not None else None
+
+
+def _merge_constant_terms(gm: torch.fx.GraphModule) -> bool:
+    """``(x + c1) - c2`` (the constants of the ELBO's terms, added one by one) as one addition ``x + (c1 - c2)``,
+    where every step keeps the shape and the floating dtype of ``x``."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        outer = _constant_term(gm, node)
+        if outer is None or len(outer[0].users) != 1:
+            continue
+        inner = _constant_term(gm, outer[0])
+        if inner is None or not (_same_meta(node, outer[0]) and _same_meta(node, inner[0])) or not _val(node).is_floating_point():
+            continue
+        x, fake, attr = inner[0], _val(node), f"_rpm_merged_{len(gm._buffers)}"
+        gm.register_buffer(attr, (inner[1] + outer[1]).to(fake.dtype).to(fake.device), persistent=False)
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(attr)
+            merged = gm.graph.call_function(torch.ops.aten.add.Tensor, (x, const))
+        const.meta["val"], merged.meta["val"] = gm.get_buffer(attr), fake
+        node.replace_all_uses_with(merged)
+        for dead in (node, outer[0]):
+            gm.graph.erase_node(dead)
+        changed = True
+    return changed
+
+
 def _hashable(a: Any) -> Any:
     """``a`` as a hashable key (nodes by identity, lists as tuples), or raise ``TypeError``."""
     if isinstance(a, (list, tuple)):
@@ -355,8 +399,8 @@ def _eliminate_common_subexpressions(gm: torch.fx.GraphModule) -> bool:
 
 
 def simplify(gm: torch.fx.GraphModule) -> None:
-    """Dead-code elimination, constant folding, identity removal and common subexpressions on a recorded step (nothing is
-    simplified in a graph with in-place operations)."""
+    """Dead-code elimination, constant folding, identity removal, common subexpressions and batching of repeated operations
+    on a recorded step (nothing is simplified in a graph with in-place operations)."""
     keep = lambda node: node.is_impure() or bool(_written_arguments(node))  # noqa: E731
     gm.graph.eliminate_dead_code(is_impure_node=keep)
     mutable = any(
@@ -367,8 +411,10 @@ def simplify(gm: torch.fx.GraphModule) -> None:
     if not mutable:
         _fold_constants(gm)
         gm.graph.eliminate_dead_code()
-        while _peephole(gm) | _eliminate_common_subexpressions(gm):
+        while _peephole(gm) | _eliminate_common_subexpressions(gm) | _merge_constant_terms(gm):
             pass
+        if batch_repeated_operations(gm):  # after the passes above, which need one node per site
+            _eliminate_common_subexpressions(gm)
         gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

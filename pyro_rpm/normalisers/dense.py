@@ -80,19 +80,14 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     if x.numel() == 0 or x.shape[dim] == 0:
         return torch.logsumexp(x, dim=dim)
     shift = x.detach().amax(dim=dim, keepdim=True)
-    finite = torch.isfinite(shift)
     # A row whose maximum is -inf (an empty sum), +inf or NaN has that maximum as its logsumexp (as
-    # torch.logsumexp gives); selected without a host sync, so torch.compile traces one graph.
-    safe = torch.where(finite, shift, torch.zeros_like(shift))
-    return torch.where(finite.squeeze(dim), _clamped(x, safe, dim), shift.squeeze(dim))
-
-
-def _clamped(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
-    floor = -LOGSUMEXP_FLOOR.get(x.dtype, 80.0)
+    # torch.logsumexp gives): shifted by 0 instead, its clamped sum is finite (or +inf), and adding the
+    # maximum back gives it. No host sync and no branch, so a recorded or compiled step stays short.
+    safe = torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)
     # clamp's gradient is zero below the floor: those terms' exact gradient (their softmax weight)
     # is below e^-floor, so the gradient is as accurate as the value.
-    shifted = (x - shift).clamp(min=floor)
-    total = shifted.exp().sum(dim=dim)  # >= 1: the row maximum's term is e^0
+    shifted = (x - safe).clamp(min=-LOGSUMEXP_FLOOR.get(x.dtype, 80.0))
+    total = shifted.exp().sum(dim=dim)  # >= 1 in a finite row: the row maximum's term is e^0
     return total.log() + shift.squeeze(dim)
 
 
@@ -151,8 +146,8 @@ def _refine(table, features, weights, bias, z, loc, precision, offset) -> torch.
     exceeds :data:`REFINE_TOL` :math:`(|T_{bm}| + 1)` (module docstring); differentiable."""
     with torch.no_grad():
         terms = features.shape[-1] + 1
-        bound = torch.addmm(bias.abs(), features.abs(), weights.abs().transpose(0, 1))
-        bound.mul_(1.01 * terms * _UNIT_ROUNDOFF_64)
+        # out of place: a recorded step without in-place operations can be simplified (infer/_graph.py)
+        bound = torch.addmm(bias.abs(), features.abs(), weights.abs().transpose(0, 1)) * (1.01 * terms * _UNIT_ROUNDOFF_64)
         rows, cols = (bound > REFINE_TOL * (table.abs() + 1)).nonzero(as_tuple=True)
     if rows.numel() == 0:
         return table

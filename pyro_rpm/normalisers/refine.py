@@ -50,7 +50,7 @@ def expansion_bound(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor, features:
     expanded score of support point m (module docstring)."""
     with torch.no_grad():
         keys = features.keys(a.detach(), b.detach())
-        return (keys.abs() @ q.detach().abs().amax(0)).mul_(1.01 * (q.shape[1] + 1) * _UNIT_ROUNDOFF_64)
+        return (keys.abs() @ q.detach().abs().amax(0)) * (1.01 * (q.shape[1] + 1) * _UNIT_ROUNDOFF_64)
 
 
 def _column_max(q: torch.Tensor, keys_of, num_support: int, lse: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ from collections.abc import Callable
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 
 from pyro_rpm import ContrastivePrior, MarginalPrior, observe
 
-__all__ = ["infonce_model", "two_view_model"]
+__all__ = ["infonce_model", "markov_loop_model", "two_view_model"]
 
 
 def two_view_model(r1: Callable, r2: Callable, dim: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -41,5 +42,29 @@ def infonce_model(e1: Callable, e2: Callable, coupling: Callable) -> Callable[[t
             z2 = pyro.sample("z2", ContrastivePrior(f2, coupling, z1))
             observe("x1", f1, z1)
             observe("x2", f2, z2)
+
+    return model
+
+
+def markov_loop_model(recognition: Callable, steps: int, dim: int, dtype: torch.dtype, ar: str) -> Callable:
+    """The tutorial's AR(1) prior written as a :func:`pyro.markov` loop: per sequence of the ``"seq"`` plate,
+    ``z_0 ~ N(0, I)``, ``z_t ~ N(a z_{t-1}, (1 - a^2) I)`` with the parameter ``a = ar`` in (-1, 1), each
+    ``z_t`` observed through site ``"x_t"`` by the factors of frame t (``recognition`` of all frames at
+    once); called as ``model(x)`` with ``x`` of shape ``(sequences, steps, features)``."""
+
+    def model(x):
+        n = x.shape[0]
+        factors = recognition(x.reshape(n * steps, x.shape[-1]))
+        a = pyro.param(ar, torch.full((dim,), 0.5, dtype=dtype), constraint=constraints.interval(-1.0, 1.0))
+        at = torch.arange(n) * steps
+        with pyro.plate("seq", n):
+            z = None
+            for t in pyro.markov(range(steps)):
+                if t == 0:
+                    prior = dist.Normal(torch.zeros(dim, dtype=dtype), 1.0)
+                else:
+                    prior = dist.Normal(a * z, (1 - a**2).sqrt())
+                z = pyro.sample(f"z_{t}", prior.to_event(1))
+                observe(f"x_{t}", factors.index(at + t), z)
 
     return model

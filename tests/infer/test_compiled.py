@@ -16,8 +16,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from _models import infonce_model
-from pyro.distributions import constraints
+from _models import infonce_model, markov_loop_model
 from torch import nn
 
 from pyro_rpm import (
@@ -70,21 +69,7 @@ def _infonce(dtype, B=12):
 
 def _markov(dtype, B=6, T=5):
     r = GaussianRecognition(_mlp(3, 2 * D, dtype), D, prior_scale=1.0, name="c_frames")
-
-    def model(x):
-        n = x.shape[0]
-        factors = r(x.reshape(n * T, 3))
-        a = pyro.param("c_ar", torch.full((D,), 0.5, dtype=dtype), constraint=constraints.interval(-1.0, 1.0))
-        at = torch.arange(n) * T
-        with pyro.plate("seq", n):
-            z = None
-            for t in pyro.markov(range(T)):
-                prior = (
-                    dist.Normal(torch.zeros(D, dtype=dtype), 1.0) if t == 0 else dist.Normal(a * z, (1 - a**2).sqrt())
-                )
-                z = pyro.sample(f"z_{t}", prior.to_event(1))
-                observe(f"x_{t}", factors.index(at + t), z)
-
+    model = markov_loop_model(r, T, D, dtype, "c_ar")
     return model, RecognitionGuide(model), (torch.randn(B, T, 3, dtype=dtype),), {}
 
 
