@@ -220,7 +220,9 @@ def check_finite(value: torch.Tensor, name: str) -> torch.Tensor:
     key = structure(name, value)
     if not value_checks_active(key):
         return value
-    if not bool(torch.isfinite(value).all()):
+    # One reduction first: a finite sum means every entry is finite (a NaN or an infinity makes the sum
+    # NaN or infinite); only a sum that is not (such an entry, or an overflow) pays the entry-wise test.
+    if not bool(torch.isfinite(value.detach().sum())) and not bool(torch.isfinite(value).all()):
         n_nan = int(torch.isnan(value).sum())
         n_inf = int(torch.isinf(value).sum())
         raise ValueError(
@@ -234,6 +236,10 @@ def check_finite(value: torch.Tensor, name: str) -> torch.Tensor:
 def check_positive(value: torch.Tensor | float, name: str) -> None:
     """Raise :class:`ValueError` naming ``name`` unless every entry is finite and > 0."""
     tensor = torch.as_tensor(value)
+    if tensor.numel() and tensor.dtype != torch.bool and not tensor.is_complex():
+        low, high = torch.aminmax(tensor.detach())  # one pass; NaN propagates into both
+        if bool(low > 0) and bool(torch.isfinite(high)):
+            return
     if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
         raise ValueError(f"{name} must be finite and strictly positive, got min {tensor.min().item():.3g}")
 

@@ -94,6 +94,7 @@ class GaussianFeatures(FeatureMap):
         self.dim = centre.shape[-1]
         self.is_scale = is_scale
         self.shared = shared
+        self._log_dets: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its log-determinants)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         zc = x.to(self.work_dtype) - self.centre
@@ -104,13 +105,25 @@ class GaussianFeatures(FeatureMap):
         return param.pow(-2) if self.is_scale else param
 
     def _half_log_det(self, param: torch.Tensor) -> torch.Tensor:
-        r""":math:`\tfrac12 \sum_d \log\lambda_d - \tfrac D2 \log 2\pi` (a scalar when shared)."""
+        r""":math:`\tfrac12 \sum_d \log\lambda_d - \tfrac D2 \log 2\pi` (a scalar when shared).
+
+        Rows of a parameter whose values :meth:`max_score` computed (the screened backend's probe) are
+        read from them outside autograd: its float32 passes, exact pass and backward read the same rows,
+        and the logarithm is a large part of the per-support-point cost at small batches."""
+        if not (torch.is_grad_enabled() and param.requires_grad) and param.dim() == 2:
+            for known, value in self._log_dets:
+                first = _first_row(param, known)
+                if first is not None:
+                    return value[first : first + param.shape[0]]
         logs = param.to(self.work_dtype).log().sum(-1)
         return (-logs if self.is_scale else 0.5 * logs) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def max_score(self, a: torch.Tensor, b: torch.Tensor | None) -> float:
         r""":math:`\max_m \log\mathcal N(\mu_m; \mu_m, \operatorname{diag}\lambda_m^{-1})`, the largest density peak."""
-        return float(self._half_log_det(b.detach()).max())
+        value = self._half_log_det(b.detach())
+        if b.dim() == 2:
+            self._log_dets.append((b, value.detach()))  # ``b`` is kept: no other tensor takes its memory
+        return float(value.max())
 
     def keys(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         mc = a.to(self.work_dtype) - self.centre
@@ -143,6 +156,17 @@ class GaussianFeatures(FeatureMap):
         if self.is_scale:
             dprec = dprec.mul_(precision).div_(param.to(self.work_dtype)).mul_(-2.0)
         return dloc, dprec
+
+
+def _first_row(chunk: torch.Tensor, base: torch.Tensor) -> int | None:
+    """``first`` if ``chunk`` is rows ``first : first + len`` of the 2-d tensor ``base`` (same memory), else ``None``."""
+    if chunk.dim() != 2 or chunk.stride() != base.stride() or chunk.shape[1] != base.shape[1] or chunk.dtype != base.dtype:
+        return None
+    if chunk.untyped_storage().data_ptr() != base.untyped_storage().data_ptr() or base.stride(0) <= 0:
+        return None
+    start = chunk.storage_offset() - base.storage_offset()
+    first = start // base.stride(0)
+    return first if start % base.stride(0) == 0 and 0 <= first <= base.shape[0] - chunk.shape[0] else None
 
 
 class DotFeatures(FeatureMap):
