@@ -39,7 +39,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-__all__ = ["batch_repeated_operations"]
+__all__ = ["batch_repeated_operations", "value_shaped"]
 
 #: The fewest repetitions worth a batched operation.
 MIN_GROUP = 4
@@ -49,6 +49,7 @@ MAX_RULE_OPS = 12
 MAX_RUNS = 8
 _ADD = torch.ops.aten.add.Tensor
 _SELECT = torch.ops.aten.select.int
+_INTEGER_INDEX = (torch.int64, torch.int32, torch.int16, torch.int8)
 
 
 def _val(node: Any) -> Any:
@@ -291,12 +292,18 @@ class _Batcher:
         self.graph.eliminate_dead_code()
 
 
-def _integer_index(node: torch.fx.Node) -> bool:
-    """Whether ``node`` is an ``index`` by integer tensors (its output shape follows their shapes)."""
-    if node.target is not torch.ops.aten.index.Tensor:
+def value_shaped(node: torch.fx.Node) -> bool:
+    """Whether the shape of ``node``'s output depends on its inputs' values (``nonzero``, an index by a boolean mask):
+    a recorded graph with one replays with other shapes, which passes that read the recorded shapes must not assume."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
         return False
+    if torch.Tag.dynamic_output_shape not in target.tags:
+        return False
+    if target is not torch.ops.aten.index.Tensor:
+        return True
     indices = [_val(i) for i in node.args[1] if i is not None]
-    return all(isinstance(i, torch.Tensor) and not i.is_floating_point() and i.dtype not in (torch.bool, torch.uint8) for i in indices)
+    return not all(isinstance(i, torch.Tensor) and i.dtype in _INTEGER_INDEX for i in indices)
 
 
 def _node_leaves(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -366,7 +373,7 @@ def batch_repeated_operations(gm: torch.fx.GraphModule) -> bool:
             continue
         if torch.Tag.nondeterministic_seeded in target.tags and node.all_input_nodes:
             return False  # a random operation fed by others: re-ordering could change the random stream
-        if torch.Tag.dynamic_output_shape in target.tags and not _integer_index(node):
+        if value_shaped(node):
             return False  # shapes that depend on values (nonzero, a boolean mask) vary from replay to replay
     depth = _depths(graph)
     groups: dict[Any, list[torch.fx.Node]] = defaultdict(list)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._batching import batch_repeated_operations
+from ._batching import batch_repeated_operations, value_shaped
 
 __all__ = ["Graph", "PersistentWrites", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
 
@@ -180,12 +180,7 @@ class Graph:
         return self.fn(self.params, tensors)
 
 
-_IDENTITY_SCALAR = {
-    "aten.add.Tensor": 0,
-    "aten.sub.Tensor": 0,
-    "aten.mul.Tensor": 1,
-    "aten.div.Tensor": 1,
-}
+_IDENTITY_SCALAR = {"aten.add.Tensor": 0, "aten.sub.Tensor": 0, "aten.mul.Tensor": 1, "aten.div.Tensor": 1}
 #: operations whose output depends on their tensor inputs' shapes, dtypes and devices only
 _METADATA_ONLY = {
     "aten.new_zeros.default",
@@ -403,9 +398,10 @@ def simplify(gm: torch.fx.GraphModule) -> None:
     on a recorded step (nothing is simplified in a graph with in-place operations)."""
     keep = lambda node: node.is_impure() or bool(_written_arguments(node))  # noqa: E731
     gm.graph.eliminate_dead_code(is_impure_node=keep)
-    mutable = any(
+    mutable = any(  # in-place operations, or shapes that depend on values (nonzero): each replay differs
         node.op == "call_function"
         and (getattr(getattr(node.target, "_schema", None), "is_mutable", False) or _written_arguments(node))
+        or value_shaped(node)
         for node in gm.graph.nodes
     )
     if not mutable:

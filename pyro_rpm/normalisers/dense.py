@@ -42,6 +42,8 @@ import math
 
 import torch
 
+from .._validation import recording_graph
+
 __all__ = [
     "REFINE_TOL",
     "LOGSUMEXP_FLOOR",
@@ -149,7 +151,7 @@ def _refine(table, features, weights, bias, z, loc, precision, offset) -> torch.
         # out of place: a recorded step without in-place operations can be simplified (infer/_graph.py)
         bound = torch.addmm(bias.abs(), features.abs(), weights.abs().transpose(0, 1)) * (1.01 * terms * _UNIT_ROUNDOFF_64)
         rows, cols = (bound > REFINE_TOL * (table.abs() + 1)).nonzero(as_tuple=True)
-    if rows.numel() == 0:
+    if rows.numel() == 0 and not recording_graph():  # a recorded step keeps the pass: its replays select their own
         return table
     diff = z.index_select(0, rows) - loc.index_select(0, cols)
     exact = -0.5 * (precision.index_select(0, cols) * diff * diff).sum(-1)

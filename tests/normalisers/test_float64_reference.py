@@ -111,3 +111,24 @@ def test_float32_shared_scale_gradient_within_1e_4_of_float64(backend):
             assert sc.grad.dtype == torch.float32
             worst = max(worst, float(((sc.grad.double() - want).abs() / want.abs()).max()))
     assert worst < 1e-6, worst
+
+
+def test_a_recorded_float64_table_refines_the_entries_its_replay_needs():
+    """A step recorded (``JitRPM_ELBO``'s ``make_fx`` under ``graph_capture``) where no entry of the float64
+    table needed the refinement pass must still refine at replay: the recorded graph keeps the pass, whose
+    selected entries are computed from the values of each replay (the graph after simplification, too)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_rpm._validation import graph_capture
+    from pyro_rpm.infer._graph import simplify
+
+    easy = _problem(1.0, 1.0, shared=False, N=300)
+    hard = _problem(1e-3, 300.0, shared=False, N=300)
+    with graph_capture():
+        gm = make_fx(gaussian_pairwise_log_prob)(*easy)
+    simplify(gm)
+    for z, loc, s in (easy, hard):
+        d = (z[:, None, :] - loc) / s
+        table = (-0.5 * d * d - s.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        got = gm(z, loc, s)
+        assert float(((got - table).abs() / (table.abs() + 1)).max()) < 1e-13
