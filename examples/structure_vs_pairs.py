@@ -62,6 +62,10 @@ Usage::
     python examples/structure_vs_pairs.py --quick    # N=192 (+32 held out), T=30, K=2, 250 steps, two-method sweep (CPU, < 4 min)
     python examples/structure_vs_pairs.py --distractor-brightness 0   # the same without the distractors
 
+``--supervised`` adds a reference that is not a contender: the same conv net regressed on the true
+latent of the training videos (same batches, steps and optimiser), per frame (``r2_supervised``) and
+smoothed like ``pairwise_smoothed`` (``r2_supervised_smoothed``): what this encoder can give at best.
+
 ``--distractor-brightness`` (default 1: look-alikes of the bob) scales the distractors' brightness.
 The distractors move smoothly too, so no temporal objective can tell them from the bob by their
 motion alone; a latent of K = 8 > 2 dimensions has room to encode them besides the bob.
@@ -258,6 +262,28 @@ def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dic
     return estimate, time.perf_counter() - start
 
 
+def train_supervised(frames: torch.Tensor, latent: torch.Tensor, test: torch.Tensor, cfg: dict, seed: int, show: bool):
+    """The ceiling of the encoder, not a contender (``--supervised``): the same conv net with two outputs
+    regressed on the true latent of the training videos (squared error), with the same batches, steps and
+    Adam; its estimate for ``test`` as ``(M, T, 2)`` and the wall seconds."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    N, T = frames.shape[:2]
+    generator = torch.Generator().manual_seed(seed)
+    order = [torch.randperm(N, generator=generator)[: cfg["batch_size"]] for _ in range(cfg["steps"])]
+    net = conv_net(latent.shape[-1])
+    optim = torch.optim.Adam(net.parameters(), lr=LR)
+    for step in progress(cfg["steps"], "supervised", disable=not show):
+        x, z = frames[order[step]].reshape(-1, 1, SIZE, SIZE), latent[order[step]].reshape(-1, latent.shape[-1])
+        loss = (net(x) - z).pow(2).sum(-1).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    with torch.no_grad():
+        estimate = net(test.reshape(-1, 1, SIZE, SIZE)).reshape(test.shape[0], T, -1).double().numpy()
+    return estimate, time.perf_counter() - start
+
+
 def scores(estimate: np.ndarray, latent: np.ndarray, mask: np.ndarray) -> tuple[float, float, np.ndarray]:
     """``(r2_all, r2_occluded, fitted)``: affine map fitted on all frames, scored on all / occluded frames."""
     z_hat, z = estimate.reshape(-1, estimate.shape[-1]), latent.reshape(-1, latent.shape[-1])
@@ -280,10 +306,13 @@ def run_all(methods, occlusion: float, cfg: dict, seed: int, show: bool) -> dict
     latent, mask = held_out.latent.double().numpy(), held_out.mask.numpy()
     out: dict[str, Any] = {"latent": latent, "mask": mask, "fitted": {}}
     for method in methods:
-        if method == "pairwise_smoothed":
-            start = time.perf_counter()
-            estimate = lgssm_smooth(out["estimate_pairwise"], missing=mask if mask.any() else None)
-            seconds = out["seconds_pairwise"] + time.perf_counter() - start
+        if method.endswith("_smoothed"):  # pairwise_smoothed, supervised_smoothed: told the mask
+            start, base = time.perf_counter(), method.removesuffix("_smoothed")
+            estimate = lgssm_smooth(out["estimate_" + base], missing=mask if mask.any() else None)
+            seconds = out["seconds_" + base] + time.perf_counter() - start
+        elif method == "supervised":
+            estimate, seconds = train_supervised(frames, video.latent, test, cfg, seed, show)
+            out["estimate_" + method] = estimate
         else:
             estimate, seconds = train_method(method, frames, test, cfg, seed, show)
             out["estimate_" + method] = estimate
@@ -306,9 +335,10 @@ def run(args) -> dict[str, Any]:
     if cfg["latent_dim"] < 2 or cfg["latent_dim"] % 2 or not args.distractor_brightness >= 0:
         raise ValueError("need an even --latent-dim >= 2 and --distractor-brightness >= 0")
     show = not args.no_progress
-    main = run_all(METHODS, args.occlusion, cfg, args.seed, show)
+    references = ("supervised", "supervised_smoothed") if args.supervised else ()
+    main = run_all(METHODS + references, args.occlusion, cfg, args.seed, show)
     result: dict[str, Any] = {}
-    for m in METHODS:
+    for m in METHODS + references:
         for key in (f"r2_{m}", f"r2_{m}_occluded", f"seconds_{m}"):
             result[key] = round(main[key], 4 if key.startswith("r2") else 2)
     best = max(PRIORS, key=lambda m: main[f"r2_{m}"])
@@ -405,6 +435,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=1.0,
         help="distractors' brightness relative to the bob (1: look-alikes; 0: none)",
+    )
+    parser.add_argument(
+        "--supervised",
+        action="store_true",
+        help="also train the encoder on the true latent (its ceiling: r2_supervised, r2_supervised_smoothed)",
     )
     return run_script(parser, run, argv)
 
