@@ -40,3 +40,17 @@ def test_structure_vs_pairs_quick(tmp_path):
     assert result["sweep"]["pairwise"]["r2"][2] == result["r2_pairwise"]
     for name in ("sweep.png", "trajectories.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_supervised_reference_is_reported_and_not_a_contender():
+    """``--supervised``: the encoder regressed on the true latent, per frame and smoothed (which fills the occluded
+    frames), in a short run (20 steps, 24 videos); a reference, never the best prior nor in the sweep."""
+    result, _ = run_json(
+        "examples/structure_vs_pairs.py", "--quick", "--steps", "20", "--sequences", "24", "--supervised",
+        "--no-progress", "--out", "", timeout=300,
+    )  # fmt: skip
+    for key in ("r2_supervised", "r2_supervised_occluded", "r2_supervised_smoothed", "seconds_supervised"):
+        assert math.isfinite(result[key]), (key, result)
+    assert result["best_prior"] in ("lgssm", "gp", "user_markov")
+    assert result["r2_supervised_smoothed"] > result["r2_supervised"]  # the smoother fills the occluded frames
+    assert "supervised" not in result["sweep_methods"]
