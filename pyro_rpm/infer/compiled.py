@@ -48,9 +48,9 @@ parameters, or reads parameters that are not in Pyro's parameter store: recordin
 :class:`CompileFallbackWarning` says once why, and the structure runs eagerly from then on.
 
 **Backends.** ``backend="fx"`` (default) replays the recorded graph as generated Python code;
-``backend="inductor"`` compiles it with :func:`torch.compile` (fused kernels; needs a C++ compiler on
-the CPU, else a warning and ``"fx"``). The recorded graph holds no Pyro code, so :func:`torch.compile`
-sees no graph break in it.
+``backend="inductor"`` compiles it with :func:`torch.compile` (fused kernels; needs a C++ compiler on the
+CPU and shapes that do not depend on values, else a warning and ``"fx"``). The recorded graph holds no
+Pyro code, so :func:`torch.compile` sees no graph break in it.
 
 Example::
 
@@ -81,6 +81,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._pyro import param_store_rollback
 from .._validation import check_choice, check_int, check_optional_int, graph_capture
+from ._batching import value_shaped
 from ._graph import Graph, PersistentWrites, custom_autograd_functions, mutated_persistent_tensors, simplify
 from .elbo import RPM_ELBO
 
@@ -321,12 +322,11 @@ class JitRPM_ELBO(RPM_ELBO):
         return Graph(model, guide, fn, tuple(names), params, constrained, state)
 
     def _inductor(self, gm: torch.fx.GraphModule) -> Callable:
-        if not any(shutil.which(cxx) for cxx in _CXX) and not torch.cuda.is_available():
-            warnings.warn(
-                "JitRPM_ELBO(backend='inductor') needs a C++ compiler on the CPU (none found); replaying the fx graph",
-                CompileFallbackWarning,
-                stacklevel=5,
-            )
+        reason = None if any(shutil.which(cxx) for cxx in _CXX) or torch.cuda.is_available() else "needs a C++ compiler"
+        if any(value_shaped(node) for node in gm.graph.nodes):  # e.g. a float64 table's refinement (nonzero)
+            reason = "cannot compile a step whose shapes depend on values"
+        if reason is not None:
+            warnings.warn(f"JitRPM_ELBO(backend='inductor') {reason}; replaying the fx graph", CompileFallbackWarning, 5)
             return gm
         options = {"fallback_random": True, "triton.cudagraphs": self.cuda_graphs}
         return torch.compile(gm, backend="inductor", dynamic=False, options=options)
