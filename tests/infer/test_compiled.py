@@ -233,19 +233,10 @@ def test_batch_norm_running_statistics_under_the_inductor_backend():
     run's exactly, running variances and losses to float32 rounding. (In float64 the RBF coupling's
     Gaussian table keeps its value-dependent refinement, which inductor does not compile: see
     ``test_inductor_replays_a_step_with_value_dependent_shapes_as_fx``.)"""
-    runs = {}
-    for kind in ("eager", "inductor"):
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        model, guide, encoder = _batch_norm_infonce(torch.float32)
-        elbo = JitRPM_ELBO(backend="inductor") if kind == "inductor" else RPM_ELBO()
-        svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": 1e-2}), elbo)
-        pyro.set_rng_seed(1)
-        data = [(torch.randn(12, 5), torch.randn(12, 5)) for _ in range(4)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", CompileFallbackWarning)  # compiled, not replayed as fx
-            runs[kind] = [svi.step(*batch) for batch in data], {k: v.clone() for k, v in encoder.state_dict().items()}
-    (compiled, compiled_state), (losses, state) = runs["inductor"], runs["eager"]
+    losses, state, _ = _batch_norm_svi(torch.float32, RPM_ELBO())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # compiled, not replayed as fx
+        compiled, compiled_state, _ = _batch_norm_svi(torch.float32, JitRPM_ELBO(backend="inductor"))
     for a, b in zip(compiled, losses):
         assert math.isclose(a, b, rel_tol=1e-5)
     for name, value in state.items():
@@ -256,23 +247,24 @@ def test_inductor_replays_a_step_with_value_dependent_shapes_as_fx(monkeypatch):
     """A float64 step with a Gaussian table records the table's refinement, whose shapes depend on values
     (``nonzero``): ``backend="inductor"`` says so once and replays the fx graph, which matches eager SVI."""
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # a compiler is not needed to refuse
-    runs = {}
-    for kind in ("eager", "inductor"):
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        model, guide, _ = _batch_norm_infonce(torch.float64)
-        elbo = JitRPM_ELBO(backend="inductor") if kind == "inductor" else RPM_ELBO()
-        svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": 1e-2}), elbo)
-        pyro.set_rng_seed(1)
-        data = [(torch.randn(12, 5, dtype=torch.float64), torch.randn(12, 5, dtype=torch.float64)) for _ in range(4)]
-        if kind == "eager":
-            runs[kind] = [svi.step(*batch) for batch in data]
-            continue
-        with pytest.warns(CompileFallbackWarning, match="shapes depend on values; replaying the fx graph"):
-            runs[kind] = [svi.step(*batch) for batch in data]
-        assert elbo.stats["traced"] == 1 and elbo.stats["replayed"] == 3
-    for a, b in zip(runs["inductor"], runs["eager"]):
+    losses, _, _ = _batch_norm_svi(torch.float64, RPM_ELBO())
+    with pytest.warns(CompileFallbackWarning, match="shapes depend on values; replaying the fx graph"):
+        replayed, _, elbo = _batch_norm_svi(torch.float64, JitRPM_ELBO(backend="inductor"))
+    assert elbo.stats["traced"] == 1 and elbo.stats["replayed"] == 3
+    for a, b in zip(replayed, losses):
         assert math.isclose(a, b, rel_tol=1e-12)
+
+
+def _batch_norm_svi(dtype, elbo, steps=4):
+    """Losses and the encoder's final state of ``steps`` SGD steps of the batch-norm InfoNCE model, and ``elbo``."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model, guide, encoder = _batch_norm_infonce(dtype)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": 1e-2}), elbo)
+    pyro.set_rng_seed(1)
+    data = [(torch.randn(12, 5, dtype=dtype), torch.randn(12, 5, dtype=dtype)) for _ in range(steps)]
+    losses = [svi.step(*batch) for batch in data]
+    return losses, {k: v.clone() for k, v in encoder.state_dict().items()}, elbo
 
 
 def test_in_place_writes_into_a_closed_over_tensor_follow_the_eager_steps():
