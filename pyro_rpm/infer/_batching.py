@@ -39,7 +39,10 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-__all__ = ["batch_repeated_operations", "value_shaped"]
+from ._nodes import val as _val
+from ._nodes import value_shaped
+
+__all__ = ["batch_repeated_operations"]
 
 #: The fewest repetitions worth a batched operation.
 MIN_GROUP = 4
@@ -49,11 +52,6 @@ MAX_RULE_OPS = 12
 MAX_RUNS = 8
 _ADD = torch.ops.aten.add.Tensor
 _SELECT = torch.ops.aten.select.int
-_INTEGER_INDEX = (torch.int64, torch.int32, torch.int16, torch.int8)
-
-
-def _val(node: Any) -> Any:
-    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
 
 def _signature(node: torch.fx.Node) -> Any:
@@ -290,20 +288,6 @@ class _Batcher:
                 member.replace_all_uses_with(self.single(member))
         _order_by_depth(self.graph)
         self.graph.eliminate_dead_code()
-
-
-def value_shaped(node: torch.fx.Node) -> bool:
-    """Whether the shape of ``node``'s output depends on its inputs' values (``nonzero``, an index by a boolean mask):
-    a recorded graph with one replays with other shapes, which passes that read the recorded shapes must not assume."""
-    target = node.target
-    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-        return False
-    if torch.Tag.dynamic_output_shape not in target.tags:
-        return False
-    if target is not torch.ops.aten.index.Tensor:
-        return True
-    indices = [_val(i) for i in node.args[1] if i is not None]
-    return not all(isinstance(i, torch.Tensor) and i.dtype in _INTEGER_INDEX for i in indices)
 
 
 def _node_leaves(node: torch.fx.Node) -> list[torch.fx.Node]:

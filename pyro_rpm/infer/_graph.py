@@ -13,7 +13,11 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._batching import batch_repeated_operations, value_shaped
+from ._batching import batch_repeated_operations
+from ._nodes import hashable as _hashable
+from ._nodes import same_meta as _same_meta
+from ._nodes import val as _val
+from ._nodes import value_shaped
 
 __all__ = ["Graph", "PersistentWrites", "custom_autograd_functions", "mutated_persistent_tensors", "simplify"]
 
@@ -192,23 +196,6 @@ _METADATA_ONLY = {
 }
 
 
-def _val(node: Any) -> Any:
-    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-
-
-def _same_meta(a: Any, b: Any) -> bool:
-    va, vb = _val(a), _val(b)
-    return (
-        isinstance(va, torch.Tensor)
-        and isinstance(vb, torch.Tensor)
-        and va.shape == vb.shape
-        and va.stride() == vb.stride()
-        and va.dtype == vb.dtype
-        and va.device == vb.device
-        and va.requires_grad == vb.requires_grad
-    )
-
-
 def _fold_constants(gm: torch.fx.GraphModule) -> None:
     """Evaluate once the operations that depend on no input, parameter or random draw (fixed per structure)."""
     values: dict[torch.fx.Node, Any] = {}
@@ -353,19 +340,6 @@ def _merge_constant_terms(gm: torch.fx.GraphModule) -> bool:
             gm.graph.erase_node(dead)
         changed = True
     return changed
-
-
-def _hashable(a: Any) -> Any:
-    """``a`` as a hashable key (nodes by identity, lists as tuples), or raise ``TypeError``."""
-    if isinstance(a, (list, tuple)):
-        return (type(a).__name__, *(_hashable(x) for x in a))
-    if isinstance(a, torch.fx.Node) or a is None or isinstance(a, (str, torch.dtype, torch.device)):
-        return a
-    if isinstance(a, (bool, int, float)):  # 1, 1.0 and True (or 0.0 and -0.0) give other results
-        return (type(a), repr(a))
-    if isinstance(a, (torch.layout, torch.memory_format)):
-        return str(a)
-    raise TypeError(type(a))
 
 
 def _eliminate_common_subexpressions(gm: torch.fx.GraphModule) -> bool:

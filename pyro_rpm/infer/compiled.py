@@ -81,8 +81,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._pyro import param_store_rollback
 from .._validation import check_choice, check_int, check_optional_int, graph_capture
-from ._batching import value_shaped
 from ._graph import Graph, PersistentWrites, custom_autograd_functions, mutated_persistent_tensors, simplify
+from ._nodes import value_shaped
 from .elbo import RPM_ELBO
 
 __all__ = ["BACKENDS", "CompileFallbackWarning", "JitRPM_ELBO"]
