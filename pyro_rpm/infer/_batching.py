@@ -39,8 +39,8 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from ._nodes import hashable, value_shaped
 from ._nodes import val as _val
-from ._nodes import value_shaped
 
 __all__ = ["batch_repeated_operations"]
 
@@ -56,23 +56,16 @@ _SELECT = torch.ops.aten.select.int
 
 def _signature(node: torch.fx.Node) -> Any:
     """What must agree between two operations to batch them: target, shapes, dtypes, constants."""
-
-    def leaf(a: Any) -> Any:
-        if isinstance(a, torch.fx.Node):
-            v = _val(a)
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(type(v))
-            return ("T", tuple(v.shape), v.dtype, v.device)
-        if isinstance(a, (bool, int, float, str)) or a is None:
-            return (type(a).__name__, repr(a))
-        if isinstance(a, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
-            return str(a)
-        raise TypeError(type(a))
-
     if node.target is _SELECT and not node.kwargs:  # x[i] for several i: the rows of x (the index may differ)
         return node.target, node.args[0], node.args[1]
-    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
-    return node.target, str(spec), tuple(leaf(a) for a in leaves)
+
+    def meta(a: torch.fx.Node) -> tuple:
+        v = _val(a)
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(type(v))
+        return ("T", tuple(v.shape), v.dtype, v.device)
+
+    return node.target, hashable(torch.fx.map_arg((node.args, tuple(sorted(node.kwargs.items()))), meta))
 
 
 def _batchable(node: torch.fx.Node) -> bool:
@@ -272,8 +265,10 @@ class _Batcher:
                 by_group[self.packed[t][0] if t in self.packed else None].append(t)
             total = start
             for values in by_group.values():
-                stacked = self.stacked(values) if len(values) > 1 else self.single(values[0])
-                part = self.call(torch.ops.aten.sum.dim_IntList, (stacked, [0]), _val(node)) if len(values) > 1 else stacked
+                if len(values) == 1:
+                    part = self.single(values[0])
+                else:
+                    part = self.call(torch.ops.aten.sum.dim_IntList, (self.stacked(values), [0]), _val(node))
                 total = self.call(_ADD, (total, part), _val(node))
             node.replace_all_uses_with(total)
             for c in chain:
