@@ -200,6 +200,12 @@ def _svi_loop(model, guide, batches, steps: int, desc: str, show: bool) -> list[
     return losses
 
 
+def batch_order(num_videos: int, cfg: dict, seed: int) -> list[torch.Tensor]:
+    """The videos of every step's batch: the same for every method (and the supervised reference)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(num_videos, generator=generator)[: cfg["batch_size"]] for _ in range(cfg["steps"])]
+
+
 def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dict, seed: int, show: bool):
     """Train one method on ``frames`` ``(N, T, 1, S, S)``; return its estimate for the held-out videos
     ``test`` ``(M, T, 1, S, S)`` as ``(M, T, K)``, and the wall seconds of both."""
@@ -207,9 +213,8 @@ def train_method(method: str, frames: torch.Tensor, test: torch.Tensor, cfg: dic
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     N, T = frames.shape[:2]
-    B, steps, K = cfg["batch_size"], cfg["steps"], cfg["latent_dim"]
-    generator = torch.Generator().manual_seed(seed)
-    order = [torch.randperm(N, generator=generator)[:B] for _ in range(steps)]  # same batches for every method
+    steps, K = cfg["steps"], cfg["latent_dim"]
+    order = batch_order(N, cfg, seed)
     M = test.shape[0]
     flat = test.reshape(M * T, 1, SIZE, SIZE)
 
@@ -269,8 +274,7 @@ def train_supervised(frames: torch.Tensor, latent: torch.Tensor, test: torch.Ten
     start = time.perf_counter()
     torch.manual_seed(seed)
     N, T = frames.shape[:2]
-    generator = torch.Generator().manual_seed(seed)
-    order = [torch.randperm(N, generator=generator)[: cfg["batch_size"]] for _ in range(cfg["steps"])]
+    order = batch_order(N, cfg, seed)
     net = conv_net(latent.shape[-1])
     optim = torch.optim.Adam(net.parameters(), lr=LR)
     for step in progress(cfg["steps"], "supervised", disable=not show):
