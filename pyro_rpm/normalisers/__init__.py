@@ -278,7 +278,7 @@ def gaussian_logsumexp(
     check_positive(param.detach(), param_name)
     check_optional_int(chunk_size, "chunk_size", expected="a positive int or None")
     work = _work_dtype(z.dtype, z.device, accumulate_dtype, exact=True)
-    centre = loc.detach().to(work).mean(0)
+    centre = loc.detach().mean(0).to(work)  # any constant is exact (features.py); no (N, D) float64 copy
     features = GaussianFeatures(centre, is_scale=scale is not None, shared=param.dim() == 1)
     return _logsumexp(z, loc, param, features, backend, chunk_size)
 

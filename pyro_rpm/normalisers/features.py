@@ -41,7 +41,10 @@ import math
 
 import torch
 
-__all__ = ["FeatureMap", "GaussianFeatures", "DotFeatures"]
+__all__ = ["LOG_DET_ROWS", "FeatureMap", "GaussianFeatures", "DotFeatures"]
+
+#: rows per block when :meth:`GaussianFeatures.max_score` computes the log-determinants of every support point.
+LOG_DET_ROWS = 2**13
 
 
 class FeatureMap:
@@ -119,10 +122,18 @@ class GaussianFeatures(FeatureMap):
         return (-logs if self.is_scale else 0.5 * logs) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def max_score(self, a: torch.Tensor, b: torch.Tensor | None) -> float:
-        r""":math:`\max_m \log\mathcal N(\mu_m; \mu_m, \operatorname{diag}\lambda_m^{-1})`, the largest density peak."""
-        value = self._half_log_det(b.detach())
-        if b.dim() == 2:
-            self._log_dets.append((b, value.detach()))  # ``b`` is kept: no other tensor takes its memory
+        r""":math:`\max_m \log\mathcal N(\mu_m; \mu_m, \operatorname{diag}\lambda_m^{-1})`, the largest density peak.
+
+        The log-determinants of a per-point parameter are computed :data:`LOG_DET_ROWS` rows at a time
+        (the same values as one call: each row's sum is its own): no ``(N, D)`` working-dtype temporaries,
+        whose fresh pages cost more than the logarithms at large N."""
+        b = b.detach()
+        if b.dim() != 2:
+            return float(self._half_log_det(b).max())
+        value = torch.empty(b.shape[0], dtype=self.work_dtype, device=b.device)
+        for start in range(0, b.shape[0], LOG_DET_ROWS):
+            value[start : start + LOG_DET_ROWS] = self._half_log_det(b[start : start + LOG_DET_ROWS])
+        self._log_dets.append((b, value))  # ``b`` is kept: no other tensor takes its memory
         return float(value.max())
 
     def keys(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:

@@ -134,8 +134,8 @@ def screen(
         stop = min(start + chunk_size, num_support)
         param = features.param_chunk(b, start, stop)
         k, _ = features.chunk_keys(a[start:stop].detach(), None if param is None else param.detach(), width, ones)
-        torch.mv(k[:, :dim].abs(), q_abs, out=magnitude[start:stop])
         keys32[start:stop] = k
+        torch.mv(k[:, :dim].abs_(), q_abs, out=magnitude[start:stop])  # k is not read again
         lse_hat, _ = merge_online(lse_hat, None, kernel.forward(q32, keys32[start:stop], False)[0].to(q.dtype), None)
     lse32 = lse_hat.to(torch.float32)
     lse_hat = lse32.to(q.dtype)  # the shift the swapped pass uses

@@ -23,7 +23,7 @@ from pyro_rpm.normalisers import (
     screening_available,
 )
 from pyro_rpm.normalisers import screened as screened_module
-from pyro_rpm.normalisers.features import GaussianFeatures
+from pyro_rpm.normalisers.features import LOG_DET_ROWS, GaussianFeatures
 from pyro_rpm.normalisers.fused import fused_kernel
 
 pytestmark = pytest.mark.skipif(
@@ -204,6 +204,23 @@ def test_max_score_is_the_largest_density_peak(shared, is_scale):
     assert features.max_score(loc, param) == pytest.approx(float(peaks.max()), rel=1e-12)
     random_scores = features.query(z) @ features.keys(loc, param).T
     assert float(random_scores.max()) <= features.max_score(loc, param)
+
+
+def test_blocked_log_determinants_are_the_full_ones(kept):
+    """max_score computes the per-point log-determinants LOG_DET_ROWS rows at a time (no (N, D) float64
+    temporaries): the cached values equal the one-call computation, and a screened float32 call that reads
+    them matches the float64 reference."""
+    n = 2 * LOG_DET_ROWS + 37
+    z, loc, scale = (t.detach() for t in rpm_problem(n=n, batch=8, seed=12))
+    features = GaussianFeatures(loc.mean(0), is_scale=True, shared=False)
+    full = features._half_log_det(scale)
+    peak = features.max_score(loc, scale)
+    ((_, cached),) = features._log_dets
+    assert torch.allclose(cached, full, rtol=1e-15, atol=0) and peak == float(full.max())
+    z32, loc32, scale32 = (t.float().requires_grad_() for t in (z, loc, scale))
+    got = gaussian_logsumexp(z32, loc32, scale32, backend="screened")
+    assert kept[-1] is not None and kept[-1].numel() < n
+    assert_close(got.double(), naive_gaussian(z32.double(), loc32.double(), scale32.double()), 1e-6)
 
 
 def test_float32_overflow_falls_back_to_computing_everything(kept):
