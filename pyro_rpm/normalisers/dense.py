@@ -66,8 +66,8 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     ``torch.logsumexp`` computes :math:`M + \log\sum_i e^{x_i - M}`; on the CPU, ``exp`` of an
     argument below about :math:`-88` (float32) or :math:`-708` (float64) takes the math library's
-    slow underflow path (measured about 12x slower per element in float32: ``benchmarks/normaliser.py
-    --section clamp``), which an RPM's scores reach within a few hundred training steps. Here
+    slow underflow path (many times slower per element; issue 15 measured the effect on the training
+    step that ``benchmarks/elbo_step.py`` times), which an RPM's scores reach within a few hundred training steps. Here
     :math:`x_i - M` is clamped at :math:`-F` with :math:`F` = :data:`LOGSUMEXP_FLOOR` (80 nats for
     float32, whose exp is still a normal number, 700 for float64), *before* ``exp``. A clamped term is replaced by :math:`e^{-F}`
     instead of something smaller, so the result exceeds the exact one by at most
@@ -90,8 +90,8 @@ def clamped_logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # The floor's gradient is zero at and below it: those terms' exact gradient (their softmax weight)
     # is at most e^-floor, so the gradient is as accurate as the value. ``threshold`` (y = x above the
     # floor, else the floor) instead of ``clamp``: the same values, and its backward is one fused
-    # kernel where clamp's is a comparison and a select (B = 256 table, forward and backward: about
-    # 0.15 against 0.27 ms on one CPU thread).
+    # kernel where clamp's is a comparison and a select (``benchmarks/elbo_step.py``: the replayed
+    # InfoNCE step at B = 256 from 1.12x to 1.03-1.07x plain torch, docs/performance.md).
     floor = -LOGSUMEXP_FLOOR.get(x.dtype, 80.0)
     shifted = F.threshold(x - safe, floor, floor)
     total = shifted.exp().sum(dim=dim)  # >= 1 in a finite row: the row maximum's term is e^0
